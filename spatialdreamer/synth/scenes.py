@@ -57,7 +57,8 @@ class StereoScene:
     ``x`` appears at ``x - d`` in the right view). ``occlusion`` is True at right-view pixels
     whose surface point is not visible in the left view (or lies outside it). ``depth`` is
     ``1 / inverse_depth`` with ``disparity = baseline * inverse_depth - convergence``.
-    ``flow`` holds left-view forward optical flow ``t -> t+1`` (``[T-1,2,H,W]``, x then y).
+    ``occlusion_left`` is True at left-view pixels not visible in the right view: where a warp
+round trip must leave holes. ``flow`` holds left-view forward optical flow ``t -> t+1`` (``[T-1,2,H,W]``, x then y).
     """
 
     spec: SceneSpec
@@ -67,6 +68,7 @@ class StereoScene:
     disparity_right: torch.Tensor
     depth: torch.Tensor
     occlusion: torch.Tensor
+    occlusion_left: torch.Tensor
     flow: torch.Tensor
 
     @property
@@ -99,8 +101,12 @@ def random_spec(
     thin: int = 2,
     max_disparity: float | None = None,
     pan: float | None = None,
+    motion: float = 1.0,
 ) -> SceneSpec:
-    """A random but reproducible scene: background, ``objects`` cards and ``thin`` poles/wires."""
+    """A random but reproducible scene: background, ``objects`` cards and ``thin`` poles/wires.
+
+    ``motion`` scales the objects' own velocities (pixels/frame, up to 1.5 * motion).
+    """
     if height < 8 or width < 8 or frames < 1:
         raise ValueError(f"scene must be at least 8x8 pixels and 1 frame, got {width}x{height}x{frames}")
     rng = np.random.default_rng(seed)
@@ -129,7 +135,7 @@ def random_spec(
             Layer(
                 shape, (float(rng.uniform(0.1, 0.9) * width), float(rng.uniform(0.15, 0.85) * height)), size,
                 disparity=d, slope=slope,
-                velocity=(float(rng.uniform(-1.5, 1.5)), float(rng.uniform(-0.5, 0.5))),
+                velocity=(float(rng.uniform(-1.5, 1.5) * motion), float(rng.uniform(-0.5, 0.5) * motion)),
                 colors=(_rand_color(rng), _rand_color(rng)), waves=_rand_waves(rng, 3, min_period),
             )
         )
@@ -173,6 +179,18 @@ def _layer_disparity(layer: Layer, u: torch.Tensor, v: torch.Tensor) -> torch.Te
     return layer.disparity + layer.slope[0] * u + layer.slope[1] * v
 
 
+def _right_ray(spec: SceneSpec, layer: Layer, frame: int, t: torch.Tensor, y: torch.Tensor):
+    """Where the right-eye ray at column ``t`` meets ``layer``: left-view ``x``, ``u``, ``v``.
+
+    Solves ``x - (d0 + sx*(x-ox) + sy*v) = t`` for ``x``.
+    """
+    ox, oy = _offset(spec, layer, frame)
+    v = y - oy
+    sx, sy = layer.slope
+    x = (t + layer.disparity - sx * ox + sy * v) / (1.0 - sx)
+    return x, x - ox, v
+
+
 def _composite(spec: SceneSpec, frame: int, eye: str) -> dict[str, torch.Tensor]:
     """Nearest-layer compositing for one eye. Right-eye rays are solved per layer analytically."""
     h, w = spec.height, spec.width
@@ -184,14 +202,11 @@ def _composite(spec: SceneSpec, frame: int, eye: str) -> dict[str, torch.Tensor]
     layer_id = torch.zeros(h, w, dtype=torch.long)
     left_x = xs.clone()
     for k, layer in enumerate(spec.layers):
-        ox, oy = _offset(spec, layer, frame)
-        v = ys - oy
         if eye == "left":
-            x = xs
-        else:  # x - (d0 + sx*(x-ox) + sy*v) = t  =>  x = (t + d0 - sx*ox + sy*v) / (1 - sx)
-            sx, sy = layer.slope
-            x = (xs + layer.disparity - sx * ox + sy * v) / (1.0 - sx)
-        u = x - ox
+            ox, oy = _offset(spec, layer, frame)
+            x, u, v = xs, xs - ox, ys - oy
+        else:
+            x, u, v = _right_ray(spec, layer, frame, xs, ys)
         d = _layer_disparity(layer, u, v)
         take = _inside(layer, u, v) & (d > best_d)
         best_d = torch.where(take, d, best_d)
@@ -213,9 +228,21 @@ def _visible_in_left(spec: SceneSpec, frame: int, right: dict[str, torch.Tensor]
     return visible
 
 
+def _visible_in_right(spec: SceneSpec, frame: int, left: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Whether each left-eye pixel's surface point is the nearest one along its right-eye ray."""
+    d_seen, y = left["disparity"], left["y"]
+    t = left["left_x"] - d_seen
+    visible = (t >= -0.5) & (t <= spec.width - 0.5)
+    for layer in spec.layers:
+        _, u, v = _right_ray(spec, layer, frame, t, y)
+        visible &= ~(_inside(layer, u, v) & (_layer_disparity(layer, u, v) > d_seen + 1e-9))
+    return visible
+
+
 def render_frame(spec: SceneSpec, frame: int) -> dict[str, torch.Tensor]:
     """Render one frame: ``left``, ``right`` ``[3,H,W]``; ``disparity``, ``disparity_right``,
-    ``depth`` ``[1,H,W]``; ``occlusion`` ``[1,H,W]`` bool; ``flow`` ``[2,H,W]`` (to frame+1)."""
+    ``depth`` ``[1,H,W]``; ``occlusion`` and ``occlusion_left`` ``[1,H,W]`` bool; ``flow``
+    ``[2,H,W]`` (to frame+1)."""
     left = _composite(spec, frame, "left")
     right = _composite(spec, frame, "right")
     occlusion = ~_visible_in_left(spec, frame, right)
@@ -234,6 +261,7 @@ def render_frame(spec: SceneSpec, frame: int) -> dict[str, torch.Tensor]:
         "disparity_right": right["disparity"].float().unsqueeze(0),
         "depth": (1.0 / inverse_depth.clamp(min=1e-6)).float().unsqueeze(0),
         "occlusion": occlusion.unsqueeze(0),
+        "occlusion_left": (~_visible_in_right(spec, frame, left)).unsqueeze(0),
         "flow": flow.float(),
     }
 
@@ -258,5 +286,5 @@ def make_scene(seed: int = 0, **kwargs) -> StereoScene:
     return StereoScene(
         spec=spec, left=stack["left"], right=stack["right"], disparity=stack["disparity"],
         disparity_right=stack["disparity_right"], depth=stack["depth"], occlusion=stack["occlusion"],
-        flow=stack["flow"][:-1],
+        occlusion_left=stack["occlusion_left"], flow=stack["flow"][:-1],
     )
