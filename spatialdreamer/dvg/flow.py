@@ -5,8 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import torch
+from kornia.geometry import create_meshgrid
 from kornia.geometry.transform import remap
-from kornia.utils import create_meshgrid
 
 __all__ = ["dis_flow", "flow_warp", "forward_backward_consistent"]
 
@@ -19,13 +19,17 @@ def _to_gray_u8(frame: torch.Tensor) -> np.ndarray:
     return (gray.numpy() * 255.0 + 0.5).astype(np.uint8)
 
 
-def dis_flow(source: torch.Tensor, target: torch.Tensor, preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM) -> torch.Tensor:
+def dis_flow(
+    source: torch.Tensor, target: torch.Tensor, preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM
+) -> torch.Tensor:
     """Flow ``[B,2,H,W]`` (x, y in pixels) such that ``source(p) ~ target(p + flow(p))``.
 
     OpenCV's DIS flow on the CPU; inputs ``[B,C,H,W]`` in [0, 1] on any device.
     """
     if source.shape != target.shape or source.ndim != 4:
-        raise ValueError(f"source and target must both be [B,C,H,W], got {tuple(source.shape)} and {tuple(target.shape)}")
+        raise ValueError(
+            f"source and target must both be [B,C,H,W], got {tuple(source.shape)} and {tuple(target.shape)}"
+        )
     dis = cv2.DISOpticalFlow_create(preset)
     flows = [
         torch.from_numpy(dis.calc(_to_gray_u8(a), _to_gray_u8(b), None)).permute(2, 0, 1)
@@ -39,8 +43,15 @@ def flow_warp(image: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear") -
 
     ``image`` ``[B,C,H,W]``, ``flow`` ``[B,2,H,W]``; out-of-frame samples are zero.
     """
-    if flow.ndim != 4 or flow.shape[1] != 2 or flow.shape[0] != image.shape[0] or flow.shape[2:] != image.shape[2:]:
-        raise ValueError(f"flow must be [B,2,H,W] matching image {tuple(image.shape)}, got {tuple(flow.shape)}")
+    if (
+        flow.ndim != 4
+        or flow.shape[1] != 2
+        or flow.shape[0] != image.shape[0]
+        or flow.shape[2:] != image.shape[2:]
+    ):
+        raise ValueError(
+            f"flow must be [B,2,H,W] matching image {tuple(image.shape)}, got {tuple(flow.shape)}"
+        )
     b, _, h, w = image.shape
     grid = create_meshgrid(h, w, normalized_coordinates=False, device=image.device, dtype=flow.dtype)
     map_x = grid[..., 0] + flow[:, 0]

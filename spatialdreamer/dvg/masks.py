@@ -67,10 +67,13 @@ def refine_masks_temporally(
     """
     if frames.ndim != 4 or masks.ndim != 4 or masks.shape[1] != 1:
         raise ValueError(
-            f"frames must be [T,C,H,W] and masks [T,1,H,W], got {tuple(frames.shape)} and {tuple(masks.shape)}"
+            f"frames must be [T,C,H,W] and masks [T,1,H,W], "
+            f"got {tuple(frames.shape)} and {tuple(masks.shape)}"
         )
     if frames.shape[0] != masks.shape[0] or frames.shape[2:] != masks.shape[2:]:
-        raise ValueError(f"frames {tuple(frames.shape)} and masks {tuple(masks.shape)} differ in length or size")
+        raise ValueError(
+            f"frames {tuple(frames.shape)} and masks {tuple(masks.shape)} differ in length or size"
+        )
     if disparity.shape != masks.shape:
         raise ValueError(f"disparity must be [T,1,H,W] = {tuple(masks.shape)}, got {tuple(disparity.shape)}")
     if masks.dtype != torch.bool:

@@ -56,7 +56,9 @@ def _check_inputs(image: torch.Tensor, disparity: torch.Tensor, valid: torch.Ten
     if image.device != disparity.device:
         raise ValueError(f"image on {image.device} but disparity on {disparity.device}")
     if valid is not None and (valid.shape != (b, 1, h, w) or valid.dtype != torch.bool):
-        raise ValueError(f"valid must be a bool tensor of shape {(b, 1, h, w)}, got {valid.dtype} {tuple(valid.shape)}")
+        raise ValueError(
+            f"valid must be a bool tensor of shape {(b, 1, h, w)}, got {valid.dtype} {tuple(valid.shape)}"
+        )
     if w < 2:
         raise ValueError(f"image must be at least 2 pixels wide, got width {w}")
 
@@ -98,8 +100,10 @@ def forward_warp(
         flipped = _warp_leftwards(
             image.flip(-1), disparity.flip(-1), None if valid is None else valid.flip(-1), edge_threshold
         )
-        return WarpResult(*(t.flip(-1) for t in (flipped.image, flipped.holes, flipped.disparity)),
-                          source_x=_mirror_source_x(flipped.source_x, image.shape[-1]))
+        return WarpResult(
+            *(t.flip(-1) for t in (flipped.image, flipped.holes, flipped.disparity)),
+            source_x=_mirror_source_x(flipped.source_x, image.shape[-1]),
+        )
     if towards != "right":
         raise ValueError(f"towards must be 'right' or 'left', got {towards!r}")
     return _warp_leftwards(image, disparity, valid, edge_threshold)

@@ -55,10 +55,11 @@ class StereoScene:
 
     ``disparity`` is the left view's disparity in pixels (positive = nearer; a left pixel at
     ``x`` appears at ``x - d`` in the right view). ``occlusion`` is True at right-view pixels
-    whose surface point is not visible in the left view (or lies outside it). ``depth`` is
-    ``1 / inverse_depth`` with ``disparity = baseline * inverse_depth - convergence``.
-    ``occlusion_left`` is True at left-view pixels not visible in the right view: where a warp
-round trip must leave holes. ``flow`` holds left-view forward optical flow ``t -> t+1`` (``[T-1,2,H,W]``, x then y).
+    whose surface point is not visible in the left view (or lies outside it);
+    ``occlusion_left`` is True at left-view pixels not visible in the right view, where a warp
+    round trip must leave holes. ``depth`` is ``1 / inverse_depth`` with
+    ``disparity = baseline * inverse_depth - convergence``. ``flow`` holds left-view forward
+    optical flow ``t -> t+1`` (``[T-1,2,H,W]``, x then y).
     """
 
     spec: SceneSpec
@@ -80,7 +81,9 @@ def _rand_color(rng: np.random.Generator) -> tuple[float, float, float]:
     return tuple(float(v) for v in rng.uniform(0.1, 0.9, 3))
 
 
-def _rand_waves(rng: np.random.Generator, n: int, min_period: float) -> tuple[tuple[float, float, float], ...]:
+def _rand_waves(
+    rng: np.random.Generator, n: int, min_period: float
+) -> tuple[tuple[float, float, float], ...]:
     waves = []
     for _ in range(n):
         period = rng.uniform(min_period, 6 * min_period)
@@ -114,10 +117,17 @@ def random_spec(
     min_period = max(4.0, width / 48)
     layers = [
         Layer(
-            "plane", (width / 2, height / 2), (0.0, 0.0),
+            "plane",
+            (width / 2, height / 2),
+            (0.0, 0.0),
             disparity=float(rng.uniform(0.0, 0.15) * max_d),
-            slope=(float(rng.uniform(-0.02, 0.02) * max_d / width), float(rng.uniform(0.0, 0.3) * max_d / height)),
-            velocity=(0.0, 0.0), colors=(_rand_color(rng), _rand_color(rng)), waves=_rand_waves(rng, 4, min_period),
+            slope=(
+                float(rng.uniform(-0.02, 0.02) * max_d / width),
+                float(rng.uniform(0.0, 0.3) * max_d / height),
+            ),
+            velocity=(0.0, 0.0),
+            colors=(_rand_color(rng), _rand_color(rng)),
+            waves=_rand_waves(rng, 4, min_period),
         )
     ]
     for i in range(objects + thin):
@@ -133,24 +143,43 @@ def random_spec(
         slope = (float(rng.uniform(-0.08, 0.08)) if shape in ("rect", "ellipse") else 0.0, 0.0)
         layers.append(
             Layer(
-                shape, (float(rng.uniform(0.1, 0.9) * width), float(rng.uniform(0.15, 0.85) * height)), size,
-                disparity=d, slope=slope,
+                shape,
+                (float(rng.uniform(0.1, 0.9) * width), float(rng.uniform(0.15, 0.85) * height)),
+                size,
+                disparity=d,
+                slope=slope,
                 velocity=(float(rng.uniform(-1.5, 1.5) * motion), float(rng.uniform(-0.5, 0.5) * motion)),
-                colors=(_rand_color(rng), _rand_color(rng)), waves=_rand_waves(rng, 3, min_period),
+                colors=(_rand_color(rng), _rand_color(rng)),
+                waves=_rand_waves(rng, 3, min_period),
             )
         )
     return SceneSpec(
-        height=height, width=width, frames=frames, fps=fps,
-        pan=float(pan if pan is not None else rng.uniform(-1.0, 1.0)), pan_ref=max_d,
-        baseline=1.2 * max_d, convergence=0.0, layers=tuple(layers),
+        height=height,
+        width=width,
+        frames=frames,
+        fps=fps,
+        pan=float(pan if pan is not None else rng.uniform(-1.0, 1.0)),
+        pan_ref=max_d,
+        baseline=1.5 * max_d,
+        convergence=0.25 * max_d,
+        layers=tuple(layers),
     )
 
 
+def _bounce(travel: float, amplitude: float) -> float:
+    """Triangle wave with unit slope at 0: motion that turns back at +-amplitude."""
+    z = travel / amplitude
+    return amplitude * (1.0 - abs((z + 1.0) % 4.0 - 2.0))
+
+
 def _offset(spec: SceneSpec, layer: Layer, frame: int) -> tuple[float, float]:
+    """Layer position at ``frame``: own motion plus camera-pan parallax, turning back before it
+    leaves the frame, so scenes of any length stay populated."""
     parallax = 0.3 + layer.disparity / max(spec.pan_ref, 1e-6)
+    vx = layer.velocity[0] + spec.pan * parallax
     return (
-        layer.center[0] + frame * (layer.velocity[0] + spec.pan * parallax),
-        layer.center[1] + frame * layer.velocity[1],
+        layer.center[0] + _bounce(frame * vx, 0.4 * spec.width),
+        layer.center[1] + _bounce(frame * layer.velocity[1], 0.3 * spec.height),
     )
 
 
@@ -284,7 +313,13 @@ def make_scene(seed: int = 0, **kwargs) -> StereoScene:
     frames = list(iter_frames(spec))
     stack = {key: torch.stack([f[key] for f in frames]) for key in frames[0]}
     return StereoScene(
-        spec=spec, left=stack["left"], right=stack["right"], disparity=stack["disparity"],
-        disparity_right=stack["disparity_right"], depth=stack["depth"], occlusion=stack["occlusion"],
-        occlusion_left=stack["occlusion_left"], flow=stack["flow"][:-1],
+        spec=spec,
+        left=stack["left"],
+        right=stack["right"],
+        disparity=stack["disparity"],
+        disparity_right=stack["disparity_right"],
+        depth=stack["depth"],
+        occlusion=stack["occlusion"],
+        occlusion_left=stack["occlusion_left"],
+        flow=stack["flow"][:-1],
     )

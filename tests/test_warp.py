@@ -1,0 +1,195 @@
+import pytest
+import torch
+
+from spatialdreamer.dvg import forward_warp
+
+
+def _psnr_on(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
+    mse = ((a - b) ** 2).mean(1, keepdim=True)[mask].mean()
+    return float(10 * torch.log10(1.0 / mse))
+
+
+def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a & b).sum() / (a | b).sum())
+
+
+def _row(values, disparity):
+    img = torch.tensor(values, dtype=torch.float32).view(1, 1, 1, -1)
+    d = torch.tensor(disparity, dtype=torch.float32).view(1, 1, 1, -1)
+    return img, d
+
+
+def test_warp_matches_synth_right_view_on_visible_pixels(scenes):
+    for scene in scenes:
+        out = forward_warp(scene.left, scene.disparity)
+        visible = ~scene.occlusion & ~out.holes
+        assert _psnr_on(out.image, scene.right, visible) > 35.0
+        assert visible.float().mean() > 0.85
+
+
+def test_warp_holes_match_true_occlusion(scenes):
+    for scene in scenes:
+        out = forward_warp(scene.left, scene.disparity)
+        assert _iou(out.holes, scene.occlusion) > 0.85
+
+
+def test_warped_disparity_is_the_right_view_disparity(scenes):
+    scene = scenes[0]
+    out = forward_warp(scene.left, scene.disparity)
+    visible = ~scene.occlusion & ~out.holes
+    err = (out.disparity - scene.disparity_right).abs()[visible]
+    assert float(err.median()) < 0.01
+
+
+def test_integer_shift_is_exact_with_right_border_holes():
+    img = torch.rand(2, 3, 5, 12)
+    out = forward_warp(img, torch.full((2, 1, 5, 12), 3.0))
+    assert torch.equal(out.image[..., :9], img[..., 3:])
+    assert out.holes[..., 9:].all() and not out.holes[..., :9].any()
+    assert torch.equal(out.source_x[0, 0, 0, :9], torch.arange(3.0, 12.0))
+
+
+def test_subpixel_shift_interpolates_a_ramp_exactly():
+    ramp = torch.arange(20.0).view(1, 1, 1, 20).expand(1, 1, 3, 20).contiguous()
+    out = forward_warp(ramp, torch.full((1, 1, 3, 20), 2.25))
+    expected = torch.arange(17.0) + 2.25
+    assert torch.allclose(out.image[0, 0, :, :17], expected.expand(3, 17), atol=1e-5)
+    # the last source pixel lands at 16.75 and covers half a pixel either side, no more
+    assert out.image[0, 0, 0, 17] == 19.0 and out.holes[..., 18:].all()
+
+
+def test_slanted_surface_is_stretched_without_holes():
+    w = 64
+    d = torch.linspace(0.0, 20.0, w).view(1, 1, 1, w)  # 0.32 px more disparity per pixel
+    out = forward_warp(torch.rand(1, 3, 1, w), d)
+    assert not out.holes[..., :40].any()
+
+
+def _nearest_wins_reference(values, disparity):
+    """Brute force for integer disparities: the largest disparity landing on a column wins."""
+    w = len(values)
+    best = [None] * w
+    for x, (v, d) in enumerate(zip(values, disparity, strict=True)):
+        t = x - d
+        if 0 <= t < w and (best[t] is None or d > best[t][1]):
+            best[t] = (v, d)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_nearest_source_wins_against_brute_force(seed):
+    g = torch.Generator().manual_seed(seed)
+    w = 96
+    disparity = torch.zeros(w, dtype=torch.long)
+    for _ in range(6):  # crossing layers at random depths
+        start = int(torch.randint(0, w - 8, (1,), generator=g))
+        length = int(torch.randint(1, 20, (1,), generator=g))
+        disparity[start : start + length] = int(torch.randint(1, 16, (1,), generator=g))
+    values = torch.randperm(w, generator=g).float()
+    img, d = _row(values.tolist(), disparity.float().tolist())
+    # steps of 1 px are depth edges here, not one slanted surface
+    out = forward_warp(img, d, edge_threshold=0.5)
+    ref = _nearest_wins_reference(values.tolist(), disparity.tolist())
+    for t in range(w):
+        if ref[t] is None:
+            assert out.holes[0, 0, 0, t], f"column {t}: nothing lands here, must be a hole"
+        elif not out.holes[0, 0, 0, t]:
+            assert float(out.image[0, 0, 0, t]) == ref[t][0], f"column {t}: a farther pixel won"
+
+
+def test_thin_pole_does_not_hide_the_wall_beside_it():
+    d = [0.0] * 21
+    d[10:13] = [8.0] * 3
+    out = forward_warp(*_row(list(range(21)), d))
+    assert out.image[0, 0, 0, 5:10].tolist() == [5.0, 6.0, 7.0, 8.0, 9.0]
+    assert out.holes[0, 0, 0].nonzero().flatten().tolist() == [10, 11, 12]
+
+
+def test_background_through_a_gap_in_the_foreground_is_a_layered_hole():
+    d = [0.0] * 26
+    d[10:15] = [10.0] * 5  # near part of an object
+    d[15:20] = [8.0] * 5  # its farther part: a 2 px step opens a gap between them
+    out = forward_warp(*_row(list(range(26)), d))
+    holes = out.holes[0, 0, 0]
+    # background pixels 5 and 6 would land in the gap between the two parts: hidden
+    assert holes[5] and holes[6]
+    assert out.image[0, 0, 0, :5].tolist() == [10.0, 11.0, 12.0, 13.0, 14.0]
+    assert out.image[0, 0, 0, 7:12].tolist() == [15.0, 16.0, 17.0, 18.0, 19.0]
+
+
+def test_invalid_sources_neither_cover_nor_occlude():
+    img = torch.arange(10.0).view(1, 1, 1, 10)
+    valid = torch.ones(1, 1, 1, 10, dtype=torch.bool)
+    valid[..., 4] = False
+    out = forward_warp(img, torch.zeros(1, 1, 1, 10), valid=valid)
+    assert out.holes[0, 0, 0].nonzero().flatten().tolist() == [4]
+
+
+def test_towards_left_mirrors_towards_right():
+    img, d = torch.rand(2, 3, 8, 40), torch.rand(2, 1, 8, 40) * 6
+    left = forward_warp(img, d, towards="left")
+    mirrored = forward_warp(img.flip(-1), d.flip(-1))
+    assert torch.equal(left.image, mirrored.image.flip(-1))
+    assert torch.equal(left.holes, mirrored.holes.flip(-1))
+    assert torch.equal(left.disparity, mirrored.disparity.flip(-1))
+
+
+def test_batch_equals_items(scenes):
+    img = torch.cat([s.left[:2] for s in scenes])
+    disp = torch.cat([s.disparity[:2] for s in scenes])
+    batched = forward_warp(img, disp)
+    for i in range(img.shape[0]):
+        single = forward_warp(img[i : i + 1], disp[i : i + 1])
+        assert torch.equal(batched.image[i : i + 1], single.image)
+        assert torch.equal(batched.holes[i : i + 1], single.holes)
+
+
+def test_cpu_result_is_deterministic_across_runs_and_thread_counts(scenes):
+    scene = scenes[1]
+    first = forward_warp(scene.left, scene.disparity)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        second = forward_warp(scene.left, scene.disparity)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(first.image, second.image) and torch.equal(first.holes, second.holes)
+
+
+def test_half_precision_image_keeps_its_dtype():
+    out = forward_warp(torch.rand(1, 3, 4, 16, dtype=torch.float16), torch.ones(1, 1, 4, 16))
+    assert out.image.dtype == torch.float16 and out.holes.dtype == torch.bool
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu(scenes):
+    scene = scenes[0]
+    cpu = forward_warp(scene.left, scene.disparity)
+    gpu = forward_warp(scene.left.cuda(), scene.disparity.cuda())
+    assert torch.allclose(gpu.image.cpu(), cpu.image, atol=1e-5)
+    assert (gpu.holes.cpu() != cpu.holes).float().mean() < 1e-3
+
+
+@pytest.mark.parametrize(
+    ("image", "disparity", "message"),
+    [
+        (torch.rand(3, 8, 8), torch.zeros(1, 1, 8, 8), r"image must be \[B,C,H,W\]"),
+        (torch.rand(1, 3, 8, 8), torch.zeros(1, 8, 8), r"disparity must be \[B,1,H,W\]"),
+        (torch.rand(1, 3, 8, 8), torch.zeros(1, 1, 8, 9), r"disparity must be \[B,1,H,W\]"),
+        (torch.randint(0, 255, (1, 3, 8, 8)), torch.zeros(1, 1, 8, 8), "floating point"),
+        (torch.rand(1, 3, 8, 1), torch.zeros(1, 1, 8, 1), "at least 2 pixels wide"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(image, disparity, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        forward_warp(image, disparity)
+
+
+def test_bad_options_raise_clear_errors():
+    img, d = torch.rand(1, 3, 4, 8), torch.zeros(1, 1, 4, 8)
+    with pytest.raises(ValueError, match="towards"):
+        forward_warp(img, d, towards="up")
+    with pytest.raises(ValueError, match="edge_threshold"):
+        forward_warp(img, d, edge_threshold=2.0)
+    with pytest.raises(ValueError, match="valid"):
+        forward_warp(img, d, valid=torch.ones(1, 1, 4, 8))
