@@ -97,7 +97,7 @@ def forward_warp(
     if not 0.0 < edge_threshold <= 1.0:
         raise ValueError(f"edge_threshold must be in (0, 1], got {edge_threshold}")
     if towards == "left":
-        flipped = _warp_leftwards(
+        flipped = _warp_in_row_blocks(
             image.flip(-1), disparity.flip(-1), None if valid is None else valid.flip(-1), edge_threshold
         )
         return WarpResult(
@@ -106,7 +106,33 @@ def forward_warp(
         )
     if towards != "right":
         raise ValueError(f"towards must be 'right' or 'left', got {towards!r}")
-    return _warp_leftwards(image, disparity, valid, edge_threshold)
+    return _warp_in_row_blocks(image, disparity, valid, edge_threshold)
+
+
+_BLOCK_PIXELS = 1 << 19
+
+
+def _warp_in_row_blocks(image, disparity, valid, tau) -> WarpResult:
+    """Rows are independent: warping blocks of rows bounds the scratch memory at any size."""
+    b, _, h, w = image.shape
+    rows = max(1, _BLOCK_PIXELS // (b * w))
+    if rows >= h:
+        return _warp_leftwards(image, disparity, valid, tau)
+    parts = [
+        _warp_leftwards(
+            image[:, :, y : y + rows],
+            disparity[:, :, y : y + rows],
+            None if valid is None else valid[:, :, y : y + rows],
+            tau,
+        )
+        for y in range(0, h, rows)
+    ]
+    return WarpResult(
+        *(
+            torch.cat([getattr(part, name) for part in parts], 2)
+            for name in ("image", "holes", "disparity", "source_x")
+        )
+    )
 
 
 def _mirror_source_x(source_x: torch.Tensor, width: int) -> torch.Tensor:
@@ -197,38 +223,30 @@ def _layered_holes(d, p, step, tau, source_x, seen_disp, valid):
     A disocclusion edge between source ``x`` (near) and ``x+1`` (farther) opens the target
     interval ``(p(x), p(x+1))``. Whatever lands there from farther away than ``d(x+1)`` must be
     hidden by the unseen side of that surface, so those targets are holes.
+
+    The nearest segment over target ``t`` starts at the rightmost source ``x*`` with
+    ``p(x*) <= t``, found in linear time as a running max over the columns where each source
+    first lands; only that segment can be the gap in question.
     """
     b, h, w = d.shape
-    opening = step < -tau  # d drops by more than tau from x to x+1
+    device = d.device
+    first_target = torch.ceil(p).clamp_(min=0)
+    lands = first_target < w
+    if valid is not None:
+        lands &= valid[:, 0]
+    row_base = torch.arange(b * h, device=device).view(b, h, 1) * w
+    index = torch.where(lands, first_target.long() + row_base, b * h * w)
+    col = torch.arange(w, device=device, dtype=torch.float32).expand(b, h, w)
+    rightmost = torch.full((b * h * w + 1,), -1.0, device=device)
+    rightmost.scatter_reduce_(0, index.reshape(-1), col.reshape(-1), "amax")
+    x_star = rightmost[:-1].view(b, h, w).cummax(-1).values.long()
+
+    opening = step < -tau
     if valid is not None:
         v = valid[:, 0]
         opening &= v[..., 1:] & v[..., :-1]
-    bi, yi, xi = opening.nonzero(as_tuple=True)
-    if xi.numel() == 0:
-        return torch.zeros_like(source_x, dtype=torch.bool)
-    start = torch.floor(p[bi, yi, xi]) + 1
-    stop = torch.ceil(p[bi, yi, xi + 1])  # exclusive
-    start = start.clamp(min=0)
-    stop = stop.clamp(max=w)
-    length = (stop - start).clamp(min=0).long()
-    keep = length > 0
-    if not bool(keep.any()):
-        return torch.zeros_like(source_x, dtype=torch.bool)
-    bi, yi, xi, start, length = bi[keep], yi[keep], xi[keep], start[keep], length[keep]
-    edge_id = torch.repeat_interleave(torch.arange(len(xi), device=d.device), length)
-    offset = torch.arange(edge_id.numel(), device=d.device) - torch.repeat_interleave(
-        torch.cumsum(length, 0) - length, length
-    )
-    t = start[edge_id] + offset
-    # nearest opening edge at each target wins: key = fractional source column on its gap
-    p_near = p[bi, yi, xi][edge_id]
-    p_far = p[bi, yi, xi + 1][edge_id]
-    key = xi[edge_id].float() + (t - p_near) / (p_far - p_near)
-    flat_t = (bi[edge_id] * h + yi[edge_id]) * w + t.long()
-    gap_key = torch.full((b * h * w,), -1.0, device=d.device)
-    gap_key.scatter_reduce_(0, flat_t, key, "amax")
-    gap_key = gap_key.view(b, h, w)
-    in_gap = gap_key >= 0
-    near_x = gap_key.clamp(min=0).floor().long().clamp_(max=w - 2)
-    far_disp = d.gather(-1, near_x + 1)
-    return in_gap & (source_x >= 0) & (gap_key > source_x) & (seen_disp < far_disp - tau)
+    opening = torch.cat([opening, torch.zeros_like(opening[..., :1])], -1)
+    at = x_star.clamp(min=0)
+    in_gap = (x_star >= 0) & opening.gather(-1, at)
+    far_disp = d.gather(-1, (at + 1).clamp_(max=w - 1))
+    return in_gap & (source_x >= 0) & (source_x < x_star) & (seen_disp < far_disp - tau)
