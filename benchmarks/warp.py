@@ -120,7 +120,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, devices: {', '.join(devices)}")
     print("peak MiB: growth of the process's peak RSS (CPU) or peak allocated CUDA memory while warping")
     print(
-        "ours = with the allocator tuning the CLI and jobs apply (spatialdreamer.runtime); default-malloc = without"
+        "ours = with the allocator tuning that the CLI and jobs apply (spatialdreamer.runtime); "
+        "default-malloc = without"
     )
     print(f"{'size':>10} {'device':>6} {'method':>19} {'ms/frame':>9} {'frames/s':>9} {'peak MiB':>9}")
     tmp = tempfile.TemporaryDirectory()
