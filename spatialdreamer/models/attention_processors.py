@@ -253,7 +253,7 @@ def attach_reference_fusion(denoiser: torch.nn.Module, refinernet: torch.nn.Modu
     if missing or not wanted:
         raise ValueError(
             "RefinerNet's block layout does not match the denoiser's: missing self-attentions "
-            f"{missing[:3]}{'…' if len(missing) > 3 else ''} (build RefinerNet with RefinerNet.from_denoiser_config)"
+            f"{missing[:3]}{'…' if len(missing) > 3 else ''} (build it with RefinerNet.from_denoiser)"
         )
     processors = {}
     for name, proc in denoiser.attn_processors.items():

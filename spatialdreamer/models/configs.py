@@ -285,6 +285,11 @@ def load_pretrained_svd(
     )
 
 
+def _index_class(index: str) -> str | None:
+    with open(index) as fh:
+        return json.load(fh).get("_class_name")
+
+
 def build_pipeline(
     config: str | ModelConfig = "tiny",
     *,
@@ -314,10 +319,7 @@ def build_pipeline(
     if pretrained is not None:
         path = os.path.expanduser(str(pretrained))
         index = os.path.join(path, "model_index.json")
-        if (
-            os.path.isfile(index)
-            and json.load(open(index)).get("_class_name") == SpatialDreamerPipeline.__name__
-        ):
+        if os.path.isfile(index) and _index_class(index) == SpatialDreamerPipeline.__name__:
             pipe = SpatialDreamerPipeline.from_pretrained(
                 path, **({"torch_dtype": torch_dtype} if torch_dtype else {})
             )

@@ -66,8 +66,8 @@ class SpatialDreamerDenoiser(UNetSpatioTemporalConditionModel):
     ):
         if in_channels != 2 * latent_channels + 1:
             raise ValueError(
-                f"in_channels must be 2*latent_channels + 1 (noisy ⊕ rendered ⊕ mask) = {2 * latent_channels + 1},"
-                f" got {in_channels}"
+                "in_channels must be 2*latent_channels + 1 (noisy ⊕ rendered ⊕ mask) = "
+                f"{2 * latent_channels + 1}, got {in_channels}"
             )
         super().__init__(
             sample_size=sample_size,

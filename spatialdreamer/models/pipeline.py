@@ -96,7 +96,8 @@ class SpatialDreamerPipeline(DiffusionPipeline):
         super().__init__()
         if scheduler.config.get("prediction_type") != "v_prediction":
             raise ValueError(
-                f"the scheduler must use prediction_type='v_prediction', got {scheduler.config.get('prediction_type')!r}"
+                "the scheduler must use prediction_type='v_prediction', "
+                f"got {scheduler.config.get('prediction_type')!r}"
             )
         self.register_modules(
             vae=vae, unet=unet, refinernet=refinernet, scheduler=scheduler, image_encoder=image_encoder

@@ -16,7 +16,7 @@ import torch
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel, UNet2DConditionOutput
 
-from spatialdreamer.models.attention_processors import RefinerAttnProcessor, ReferenceBank
+from spatialdreamer.models.attention_processors import ReferenceBank, RefinerAttnProcessor
 
 __all__ = ["RefinerNet"]
 
