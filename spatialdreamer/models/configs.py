@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 from diffusers import AutoencoderKL, AutoencoderKLTemporalDecoder, DDIMScheduler, EulerDiscreteScheduler
 from diffusers.models.unets.unet_spatio_temporal_condition import UNetSpatioTemporalConditionModel
+from diffusers.utils import logging as diffusers_logging
 
 from spatialdreamer.models.denoiser import SpatialDreamerDenoiser
 from spatialdreamer.models.pipeline import SpatialDreamerPipeline
@@ -348,7 +349,12 @@ def build_pipeline(
             image_encoder=image_encoder,
         )
         if torch_dtype is not None:
-            pipe.to(dtype=torch_dtype)
+            verbosity = diffusers_logging.get_verbosity()
+            diffusers_logging.set_verbosity_error()  # silence "modules to keep in float32: []" notes
+            try:
+                pipe.to(dtype=torch_dtype)
+            finally:
+                diffusers_logging.set_verbosity(verbosity)
     if device is not None:
         pipe.to(device)
     return pipe

@@ -19,10 +19,15 @@ from __future__ import annotations
 import torch
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_spatio_temporal_condition import (
     UNetSpatioTemporalConditionModel,
     UNetSpatioTemporalConditionOutput,
 )
+
+# DiffusionPipeline.from_pretrained finds a component's loader by looking its base classes
+# (ModelMixin, ...) up in the module named in model_index.json, i.e. this one.
+_LOADABLE_BASES = (ModelMixin,)
 
 __all__ = ["SpatialDreamerDenoiser"]
 

@@ -10,13 +10,19 @@ block layout mirrors SVD's spatial path (``CrossAttnDownBlock2D`` ↔
 
 from __future__ import annotations
 
+import inspect
 import re
 
 import torch
-from diffusers.configuration_utils import register_to_config
+from diffusers.configuration_utils import FrozenDict, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel, UNet2DConditionOutput
 
 from spatialdreamer.models.attention_processors import ReferenceBank, RefinerAttnProcessor
+
+# DiffusionPipeline.from_pretrained finds a component's loader by looking its base classes
+# (ModelMixin, ...) up in the module named in model_index.json, i.e. this one.
+_LOADABLE_BASES = (ModelMixin,)
 
 __all__ = ["RefinerNet"]
 
@@ -86,6 +92,12 @@ class RefinerNet(UNet2DConditionModel):
             attention_head_dim=attention_head_dim,
             use_linear_projection=use_linear_projection,
             upcast_attention=upcast_attention,
+        )
+        # The parent's decorator registered every UNet2DConditionModel argument; keep only ours so
+        # that saved configs reload without "unexpected config attribute" noise.
+        own = set(inspect.signature(RefinerNet.__init__).parameters)
+        self._internal_dict = FrozenDict(
+            {k: v for k, v in self._internal_dict.items() if k in own or k[0] == "_"}
         )
         self.bank = ReferenceBank()
         self.set_til(til_weight, til_frames)
