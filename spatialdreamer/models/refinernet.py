@@ -14,7 +14,7 @@ import inspect
 import re
 
 import torch
-from diffusers.configuration_utils import FrozenDict, register_to_config
+from diffusers.configuration_utils import register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel, UNet2DConditionOutput
 
@@ -93,14 +93,24 @@ class RefinerNet(UNet2DConditionModel):
             use_linear_projection=use_linear_projection,
             upcast_attention=upcast_attention,
         )
-        # The parent's decorator registered every UNet2DConditionModel argument; keep only ours so
-        # that saved configs reload without "unexpected config attribute" noise.
-        own = set(inspect.signature(RefinerNet.__init__).parameters)
-        self._internal_dict = FrozenDict(
-            {k: v for k, v in self._internal_dict.items() if k in own or k[0] == "_"}
-        )
         self.bank = ReferenceBank()
         self.set_til(til_weight, til_frames)
+
+    @classmethod
+    def extract_init_dict(cls, config_dict, **kwargs):
+        """Drop UNet2DConditionModel options RefinerNet fixes, when they hold their defaults.
+
+        Saved configs carry every parent option; only a non-default one is worth the
+        "unexpected config attribute" warning.
+        """
+        own = inspect.signature(cls.__init__).parameters
+        parent = inspect.signature(UNet2DConditionModel.__init__).parameters
+        config_dict = {
+            k: v
+            for k, v in config_dict.items()
+            if k in own or k not in parent or _differs(v, parent[k].default)
+        }
+        return super().extract_init_dict(config_dict, **kwargs)
 
     def set_til(self, til_weight: float, til_frames: int) -> None:
         """(Re)install the TIL/recording processors on every self-attention."""
@@ -174,6 +184,12 @@ class RefinerNet(UNet2DConditionModel):
             return super().forward(sample, timestep, encoder_hidden_states, return_dict=return_dict, **kwargs)
         finally:
             self.bank.num_frames = 1
+
+
+def _differs(value, default) -> bool:
+    if isinstance(value, list | tuple) and isinstance(default, list | tuple):
+        return list(value) != list(default)
+    return value != default
 
 
 _TEMPORAL = re.compile(
