@@ -1,0 +1,18 @@
+"""Video I/O: streaming decode (bounded memory), random access, encoding with audio, lossless."""
+
+from spatialdreamer.video.errors import VideoError
+from spatialdreamer.video.probe import VideoInfo, probe_video
+from spatialdreamer.video.reader import FrameChunk, read_frames, stream_frames
+from spatialdreamer.video.writer import VideoWriter, read_lossless, write_lossless
+
+__all__ = [
+    "FrameChunk",
+    "VideoError",
+    "VideoInfo",
+    "VideoWriter",
+    "probe_video",
+    "read_frames",
+    "read_lossless",
+    "stream_frames",
+    "write_lossless",
+]

@@ -1,0 +1,14 @@
+"""The one error type users see from video I/O: a single line saying what is wrong."""
+
+from __future__ import annotations
+
+__all__ = ["VideoError"]
+
+
+class VideoError(RuntimeError):
+    """A file cannot be used as a video (missing, empty, not a video, no frames, truncated)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason

@@ -1,0 +1,300 @@
+"""Video encoding: visually lossless H.264/H.265 with the source's audio, and a lossless
+FFV1 path for depth and masks.
+
+Everything is written under a temporary name in the destination folder and renamed only when
+complete, so an interrupted or failed job never leaves a partial file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import logging
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+
+from spatialdreamer.video.errors import VideoError
+
+__all__ = ["VideoWriter", "read_lossless", "write_lossless"]
+
+log = logging.getLogger(__name__)
+
+_CODECS = {"h264": "libx264", "h265": "libx265", "hevc": "libx265", "ffv1": "ffv1"}
+_VFR_TIME_BASE = Fraction(1, 90000)
+
+
+def _temp_path(path: Path) -> Path:
+    return path.with_name(f".{path.stem}.partial{path.suffix}")
+
+
+def _as_uint8_rgb(frames: torch.Tensor) -> np.ndarray:
+    if frames.ndim != 4 or frames.shape[1] != 3:
+        raise ValueError(f"frames must be [T,3,H,W] RGB, got {tuple(frames.shape)}")
+    if frames.dtype != torch.uint8:
+        frames = (frames.detach().float().clamp(0, 1) * 255.0 + 0.5).to(torch.uint8)
+    return frames.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+
+
+class VideoWriter:
+    """Encode frames chunk by chunk; call :meth:`close` (or use ``with``) to finish.
+
+    Args:
+        path: output file (``.mp4``, ``.mkv``, ``.mov``).
+        fps: nominal frame rate.
+        codec: "h264", "h265" or "ffv1" (lossless).
+        crf: quality for H.264/H.265; 16-18 is visually lossless.
+        audio_from: a video whose first audio stream is copied into the output.
+        audio_range: ``(start, end)`` seconds of that audio to keep (``end`` may be None).
+
+    Frames are ``[T,3,H,W]`` uint8 or float in [0, 1]. 4:2:0 codecs need even sizes: odd
+    widths/heights are padded by repeating the last column/row. Passing ``timestamps``
+    (seconds) to :meth:`write` keeps a variable frame rate.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        fps: float,
+        *,
+        codec: str = "h264",
+        crf: int = 17,
+        preset: str = "medium",
+        audio_from: str | os.PathLike | None = None,
+        audio_range: tuple[float, float | None] = (0.0, None),
+    ) -> None:
+        if fps <= 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        if codec not in _CODECS:
+            raise ValueError(f"codec must be one of {sorted(_CODECS)}, got {codec!r}")
+        self.path = Path(path)
+        self.fps = float(fps)
+        self.codec = codec
+        self.crf = int(crf)
+        self.preset = preset
+        self.audio_from = os.fspath(audio_from) if audio_from is not None else None
+        self.audio_range = audio_range
+        self.frames_written = 0
+        self._tmp_video = self.path.with_name(f".{self.path.stem}.video-only{self.path.suffix}")
+        self._container = None
+        self._stream = None
+        self._size: tuple[int, int] | None = None
+        self._vfr = False
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def _open(self, height: int, width: int, variable_rate: bool) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._container = av.open(str(self._tmp_video), mode="w")
+        rate = Fraction(self.fps).limit_denominator(1001 * 1000)
+        stream = self._container.add_stream(_CODECS[self.codec], rate=rate)
+        even = self.codec != "ffv1"
+        stream.width = width + (width % 2 if even else 0)
+        stream.height = height + (height % 2 if even else 0)
+        stream.pix_fmt = "yuv420p" if even else "bgr0"
+        if self.codec in ("h264", "h265", "hevc"):
+            stream.options = {"crf": str(self.crf), "preset": self.preset}
+        self._vfr = variable_rate
+        stream.codec_context.time_base = _VFR_TIME_BASE if variable_rate else 1 / rate
+        self._stream = stream
+        self._size = (height, width)
+
+    def write(self, frames: torch.Tensor, timestamps: torch.Tensor | None = None) -> None:
+        """Append ``frames`` ``[T,3,H,W]``; ``timestamps`` ``[T]`` seconds keep a variable rate."""
+        pixels = _as_uint8_rgb(frames)
+        t, h, w, _ = pixels.shape
+        if self._container is None:
+            if h < 2 or w < 2:
+                raise ValueError(f"frames must be at least 2x2, got {w}x{h}")
+            self._open(h, w, timestamps is not None)
+        elif (h, w) != self._size:
+            raise ValueError(f"frame size changed from {self._size[1]}x{self._size[0]} to {w}x{h}")
+        stream = self._stream
+        pad_h, pad_w = stream.height - h, stream.width - w
+        if pad_h or pad_w:
+            pixels = np.pad(pixels, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+        for i in range(t):
+            frame = av.VideoFrame.from_ndarray(pixels[i], format="rgb24")
+            if self._vfr:
+                if timestamps is None:
+                    raise ValueError("this writer was started with timestamps; pass them for every chunk")
+                frame.pts = round(float(timestamps[i]) / _VFR_TIME_BASE)
+            else:
+                frame.pts = self.frames_written + i
+            frame.time_base = stream.codec_context.time_base
+            self._container.mux(stream.encode(frame))
+        self.frames_written += t
+
+    def abort(self) -> None:
+        """Drop everything written so far; the destination is left untouched."""
+        if self._container is not None:
+            with contextlib.suppress(av.error.FFmpegError):  # already failing; keep the first error
+                self._container.close()
+            self._container = None
+        for tmp in (self._tmp_video, _temp_path(self.path)):
+            tmp.unlink(missing_ok=True)
+
+    def close(self) -> Path:
+        """Finish encoding, add the audio, and move the file into place."""
+        if self._container is None:
+            self.abort()
+            raise ValueError(f"no frames were written to {self.path}")
+        try:
+            self._container.mux(self._stream.encode(None))
+            self._container.close()
+            self._container = None
+            source = self._tmp_video
+            if self.audio_from is not None and _has_audio(self.audio_from):
+                source = _temp_path(self.path)
+                _mux_with_audio(self._tmp_video, self.audio_from, source, self.audio_range)
+                self._tmp_video.unlink(missing_ok=True)
+            os.replace(source, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        return self.path
+
+
+def _has_audio(path: str) -> bool:
+    try:
+        with av.open(path) as container:
+            return bool(container.streams.audio)
+    except av.error.FFmpegError:
+        return False
+
+
+def _video_items(vin):
+    for packet in vin.demux(vin.streams.video[0]):
+        if packet.dts is not None:
+            yield float(packet.dts * packet.time_base), 0, packet
+
+
+def _copied_audio(ain, a_in, lo: float, hi: float | None):
+    """Audio packets within ``[lo, hi)`` seconds of the source, shifted to start at 0."""
+    shift = round(lo / a_in.time_base)
+    for packet in ain.demux(a_in):
+        if packet.dts is None or packet.pts is None:
+            continue
+        seconds = float(packet.pts * a_in.time_base)
+        if seconds < lo - 1e-3:
+            continue
+        if hi is not None and seconds >= hi:
+            break
+        packet.pts -= shift
+        packet.dts -= shift
+        yield seconds - lo, 1, packet
+
+
+def _encoded_audio(ain, a_in, a_out, lo: float, hi: float | None):
+    """The same span decoded and re-encoded with ``a_out``'s codec (AAC)."""
+    rate = a_out.codec_context.sample_rate
+    for frame in ain.decode(a_in):
+        if frame.pts is None:
+            continue
+        seconds = float(frame.pts * a_in.time_base)
+        if seconds < lo - 1e-3:
+            continue
+        if hi is not None and seconds >= hi:
+            break
+        frame.pts = round((seconds - lo) * rate)
+        frame.time_base = Fraction(1, rate)
+        for packet in a_out.encode(frame):
+            yield float(packet.pts * packet.time_base), 1, packet
+    for packet in a_out.encode(None):
+        yield float(packet.pts * packet.time_base), 1, packet
+
+
+def _remux(video_path: Path, audio_path: str, out_path: Path, audio_range, transcode: bool) -> None:
+    start, end = audio_range
+    with av.open(str(video_path)) as vin, av.open(audio_path) as ain, av.open(str(out_path), mode="w") as out:
+        a_in = ain.streams.audio[0]
+        a0 = float(a_in.start_time * a_in.time_base) if a_in.start_time else 0.0
+        lo, hi = a0 + (start or 0.0), (a0 + end) if end is not None else None
+        v_out = out.add_stream_from_template(vin.streams.video[0])
+        if transcode:
+            a_out = out.add_stream("aac", rate=a_in.codec_context.sample_rate or 48000)
+            a_out.layout = a_in.codec_context.layout
+        else:
+            a_out = out.add_stream_from_template(a_in)
+        if lo > 0:
+            ain.seek(int(lo / a_in.time_base), stream=a_in, backward=True)
+        audio = _encoded_audio(ain, a_in, a_out, lo, hi) if transcode else _copied_audio(ain, a_in, lo, hi)
+        for _, kind, packet in heapq.merge(_video_items(vin), audio, key=lambda item: (item[0], item[1])):
+            packet.stream = v_out if kind == 0 else a_out
+            out.mux(packet)
+
+
+def _mux_with_audio(video_path: Path, audio_path: str, out_path: Path, audio_range) -> None:
+    """Copy the source audio next to the encoded video; re-encode it to AAC only if the
+    output container cannot hold its codec (e.g. PCM in MP4)."""
+    try:
+        _remux(video_path, audio_path, out_path, audio_range, transcode=False)
+    except (av.error.FFmpegError, ValueError) as exc:
+        log.info("audio cannot be copied into %s (%s); re-encoding it to AAC", out_path.name, exc)
+        out_path.unlink(missing_ok=True)
+        _remux(video_path, audio_path, out_path, audio_range, transcode=True)
+
+
+def write_lossless(path: str | os.PathLike, frames: np.ndarray | torch.Tensor, fps: float = 24.0) -> Path:
+    """Store single-channel frames bit-exactly (FFV1 in Matroska).
+
+    ``frames`` ``[T,H,W]``: bool (masks, stored as 0/255 gray), uint8 (gray) or uint16
+    (gray16le, e.g. disparity in 1/64 px). Read back with :func:`read_lossless`.
+    """
+    array = frames.cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
+    if array.ndim != 3:
+        raise ValueError(f"frames must be [T,H,W], got shape {array.shape}")
+    if array.dtype == np.bool_:
+        array, fmt = array.astype(np.uint8) * 255, "gray"
+    elif array.dtype == np.uint8:
+        fmt = "gray"
+    elif array.dtype == np.uint16:
+        fmt = "gray16le"
+    else:
+        raise TypeError(f"frames must be bool, uint8 or uint16, got {array.dtype}")
+    path = Path(path)
+    if path.suffix != ".mkv":
+        raise ValueError(f"lossless video goes into .mkv, got {path.name}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_path(path)
+    try:
+        with av.open(str(tmp), mode="w") as container:
+            stream = container.add_stream("ffv1", rate=Fraction(fps).limit_denominator(1001 * 1000))
+            stream.width, stream.height = array.shape[2], array.shape[1]
+            stream.pix_fmt = fmt
+            for i, plane in enumerate(array):
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(plane), format=fmt)
+                frame.pts = i
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode(None))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_lossless(path: str | os.PathLike) -> np.ndarray:
+    """Frames written by :func:`write_lossless` as ``[T,H,W]`` uint8 or uint16."""
+    path = os.fspath(path)
+    try:
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            fmt = "gray16le" if stream.codec_context.pix_fmt == "gray16le" else "gray"
+            planes = [frame.to_ndarray(format=fmt) for frame in container.decode(stream)]
+    except av.error.FFmpegError as exc:
+        raise VideoError(path, f"not a readable lossless video ({exc})") from exc
+    if not planes:
+        raise VideoError(path, "lossless video has zero frames")
+    return np.stack(planes)
