@@ -341,6 +341,9 @@ def build_pipeline(
             )
             vae = _make_vae(cfg)
             image_encoder = _make_image_encoder(cfg) if cfg.image_encoder else None
+        for model in (denoiser, refinernet, vae, image_encoder):
+            if model is not None:
+                model.eval()  # like from_pretrained; training code calls .train()
         pipe = SpatialDreamerPipeline(
             vae=vae,
             unet=denoiser,
