@@ -1,0 +1,118 @@
+"""Temporal normalisation: relative inverse depth → shot-stable normalised inverse depth → disparity.
+
+Per-frame min-max normalisation flickers: one bright outlier or a small object entering the
+frame rescales the whole frame. Here each frame contributes its robust percentile range to an
+exponential moving average over the shot, and frames are normalised by that smoothed range.
+At a cut the average restarts from the new shot's first frame, so a very different depth range
+is adopted at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from spatialdreamer.dvg.disparity import disparity_from_normalized, normalize_inverse_depth, robust_range
+
+__all__ = ["TemporalNormalizer"]
+
+
+class TemporalNormalizer:
+    """Stateful shot-level normalisation of relative inverse depth to [0, 1].
+
+    Call it on consecutive frames of one video, in order, in batches of any size. For frame
+    ``t`` with robust range ``(lo_t, hi_t)`` (the ``low`` and ``high`` percentiles):
+    ``range = (1 - momentum) * range + momentum * (lo_t, hi_t)``, restarted at ``(lo_t, hi_t)``
+    on the first frame and at every cut; the frame is then mapped through that range to [0, 1]
+    (clamped; 1 = nearest).
+
+    Args:
+        momentum: weight of the newest frame's range, in (0, 1]; 1 = per-frame (robust) ranges.
+            The default 0.1 averages over roughly the last 10 frames.
+        low, high: percentiles (0-100) that define a frame's range; they ignore outliers.
+
+    Example:
+        >>> norm = TemporalNormalizer()
+        >>> inv = torch.rand(4, 1, 32, 48) + 1.0
+        >>> n = norm(inv, cut=[False, False, True, False])
+        >>> n.shape, bool(n.min() >= 0), bool(n.max() <= 1)
+        (torch.Size([4, 1, 32, 48]), True, True)
+    """
+
+    def __init__(self, momentum: float = 0.1, low: float = 2.0, high: float = 98.0) -> None:
+        if not 0.0 < momentum <= 1.0:
+            raise ValueError(f"momentum must be in (0, 1], got {momentum}")
+        if not 0.0 <= low < high <= 100.0:
+            raise ValueError(f"need 0 <= low < high <= 100, got low={low}, high={high}")
+        self.momentum = float(momentum)
+        self.low = float(low)
+        self.high = float(high)
+        self.range: tuple[float, float] | None = None
+
+    def reset(self) -> None:
+        """Start a new shot: the next frame's range is adopted as it is."""
+        self.range = None
+
+    def update(self, inverse_depth: torch.Tensor) -> tuple[float, float]:
+        """Fold one frame (any shape, finite values) into the shot range and return the new range."""
+        lo, hi = robust_range(inverse_depth, self.low, self.high)
+        if self.range is None:
+            self.range = (lo, hi)
+        else:
+            m = self.momentum
+            self.range = ((1 - m) * self.range[0] + m * lo, (1 - m) * self.range[1] + m * hi)
+        return self.range
+
+    def __call__(self, inverse_depth: torch.Tensor, cut: Sequence[bool] | None = None) -> torch.Tensor:
+        """Normalise consecutive frames.
+
+        Args:
+            inverse_depth: ``[B,1,H,W]`` float, relative inverse depth (larger = nearer), frames in
+                order, continuing the previous call.
+            cut: ``B`` flags; ``cut[i]`` = frame ``i`` starts a new shot (reset before it).
+
+        Returns:
+            ``[B,1,H,W]`` float in [0, 1] (1 = nearest), same device and dtype as the input.
+        """
+        if not isinstance(inverse_depth, torch.Tensor):
+            raise ValueError(f"inverse_depth must be a Tensor [B,1,H,W], got {type(inverse_depth).__name__}")
+        if inverse_depth.ndim != 4 or inverse_depth.shape[1] != 1 or inverse_depth.numel() == 0:
+            raise ValueError(f"inverse_depth must be non-empty [B,1,H,W], got {tuple(inverse_depth.shape)}")
+        if not inverse_depth.is_floating_point():
+            raise ValueError(f"inverse_depth must be a float tensor, got {inverse_depth.dtype}")
+        b = inverse_depth.shape[0]
+        if cut is not None and len(cut) != b:
+            raise ValueError(f"cut must have one flag per frame ({b}), got {len(cut)}")
+        out = torch.empty_like(inverse_depth)
+        for i in range(b):
+            if cut is not None and cut[i]:
+                self.reset()
+            lo, hi = self.update(inverse_depth[i])
+            out[i] = normalize_inverse_depth(inverse_depth[i], lo, hi)
+        return out
+
+    def to_disparity(
+        self,
+        inverse_depth: torch.Tensor,
+        budget: float = 3.0,
+        convergence: float = 0.0,
+        cut: Sequence[bool] | None = None,
+    ) -> torch.Tensor:
+        """Normalise (as :meth:`__call__`) and convert to pixel disparity for ``forward_warp``.
+
+        Returns ``[B,1,H,W]`` disparity in pixels: ``budget`` % of the frame width between the
+        farthest and nearest shot range ends, zero at ``convergence`` (normalised inverse depth
+        on the screen plane), positive = in front of the screen.
+
+        Example:
+            >>> d = TemporalNormalizer().to_disparity(torch.rand(2, 1, 10, 200), budget=5.0, convergence=0.5)
+            >>> bool(d.min() >= -5.0) and bool(d.max() <= 5.0)
+            True
+        """
+        if budget < 0:
+            raise ValueError(f"budget must be >= 0 (% of width), got {budget}")
+        if not 0.0 <= convergence <= 1.0:
+            raise ValueError(f"convergence must be in [0, 1], got {convergence}")
+        normalized = self(inverse_depth, cut=cut)
+        return disparity_from_normalized(normalized, inverse_depth.shape[-1], budget, convergence)
