@@ -17,3 +17,44 @@ def scenes():
 @pytest.fixture(autouse=True)
 def _seed_torch():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def media_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("media")
+
+
+@pytest.fixture(scope="session")
+def video_with_audio(media_dir):
+    """A 2 s, 24 fps synth clip (odd size 131x97) with a PCM-sourced AAC audio track."""
+    from spatialdreamer.synth import random_spec
+    from spatialdreamer.synth.videos import write_scene
+
+    spec = random_spec(5, height=97, width=131, frames=48, fps=24.0)
+    return write_scene(spec, media_dir, "clip").left
+
+
+@pytest.fixture(scope="session")
+def bad_videos(media_dir, video_with_audio):
+    """One file per kind of bad input, named by kind."""
+    import av
+
+    files = {}
+    files["missing"] = media_dir / "does_not_exist.mp4"
+    files["empty"] = media_dir / "empty.mp4"
+    files["empty"].write_bytes(b"")
+    files["not_a_video"] = media_dir / "notes.mp4"
+    files["not_a_video"].write_text("this is a text file, not a video\n" * 20)
+    files["zero_frames"] = media_dir / "zero_frames.mkv"
+    with av.open(str(files["zero_frames"]), mode="w") as container:
+        stream = container.add_stream("ffv1", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "bgr0"
+        container.start_encoding()
+    files["audio_only"] = media_dir / "audio_only.wav"
+    from spatialdreamer.synth.videos import write_tone
+
+    write_tone(files["audio_only"], 0.5)
+    data = video_with_audio.read_bytes()
+    files["truncated"] = media_dir / "truncated.mp4"
+    files["truncated"].write_bytes(data[: len(data) // 2])
+    return files

@@ -55,6 +55,8 @@ def probe_video(path: str | os.PathLike, decode_check: bool = True) -> VideoInfo
     _check_file(path)
     try:
         container = av.open(path)
+    except av.error.EOFError as exc:
+        raise VideoError(path, "has zero frames (the file ends before any video data)") from exc
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
         raise VideoError(path, f"not a readable video ({type(exc).__name__}: {exc})") from exc
     with container:

@@ -43,6 +43,13 @@ def _upright(array: np.ndarray, rotation: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(array, k=k, axes=(-3, -2))) if k else array
 
 
+def _decord_upright(batch: np.ndarray, info: VideoInfo) -> np.ndarray:
+    """decord's FFmpeg build applies the display rotation itself; rotate only if it did not."""
+    if batch.shape[1:3] == (info.height, info.width):
+        return batch
+    return _upright(batch, info.rotation)
+
+
 def _to_chunk(arrays: list[np.ndarray], stamps: list[float], start_index: int) -> FrameChunk:
     frames = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     return FrameChunk(frames, torch.tensor(stamps, dtype=torch.float64), start_index)
@@ -148,7 +155,7 @@ def _stream_decord(path, chunk_size, start, end, info) -> Iterator[FrameChunk]:
         raise VideoError(path, "no frames in the requested range")
     for i in range(first, last, chunk_size):
         idx = list(range(i, min(i + chunk_size, last)))
-        batch = _upright(reader.get_batch(idx).asnumpy(), info.rotation)
+        batch = _decord_upright(reader.get_batch(idx).asnumpy(), info)
         stamps = [float(reader.get_frame_timestamp(j)[0]) for j in idx]
         yield _to_chunk(list(batch), stamps, i - first)
 
@@ -169,7 +176,7 @@ def read_frames(
             reader = _decord_reader(path)
             if max(indices) >= len(reader):
                 raise IndexError(f"frame {max(indices)} requested, video has {len(reader)} frames")
-            batch = _upright(reader.get_batch(indices).asnumpy(), info.rotation)
+            batch = _decord_upright(reader.get_batch(indices).asnumpy(), info)
             return torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()
         except VideoError:
             if backend == "decord":

@@ -224,7 +224,8 @@ def _remux(video_path: Path, audio_path: str, out_path: Path, audio_range, trans
         v_out = out.add_stream_from_template(vin.streams.video[0])
         if transcode:
             a_out = out.add_stream("aac", rate=a_in.codec_context.sample_rate or 48000)
-            a_out.layout = a_in.codec_context.layout
+            channels = a_in.codec_context.channels or 2
+            a_out.layout = {1: "mono", 2: "stereo", 6: "5.1", 8: "7.1"}.get(channels, "stereo")
         else:
             a_out = out.add_stream_from_template(a_in)
         if lo > 0:

@@ -1,0 +1,170 @@
+"""``spatialdreamer``: parse arguments, call a job or a stage, turn failures into one line.
+
+spatialdreamer convert IN OUT [--format full-sbs] [--depth-model ID|parallax] ...
+spatialdreamer synth OUT_DIR [--count 3] [--seconds 4]
+spatialdreamer demo [--out demo_out]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from collections.abc import Sequence
+
+from spatialdreamer.runtime import tune_cpu_allocator
+
+log = logging.getLogger("spatialdreamer")
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"size must look like 320x192, got {text!r}") from exc
+    if w < 8 or h < 8:
+        raise argparse.ArgumentTypeError(f"size must be at least 8x8, got {text!r}")
+    return w, h
+
+
+def _add_convert(sub) -> None:
+    from spatialdreamer.convert import DEFAULT_DEPTH_MODEL
+    from spatialdreamer.stereo import FORMATS
+
+    p = sub.add_parser("convert", help="convert a monocular video into a stereo video")
+    p.add_argument("input", help="source video file")
+    p.add_argument("output", help="output file (.mp4/.mkv/.mov) or folder (named with the layout tag)")
+    p.add_argument("--format", choices=FORMATS, default="full-sbs", help="stereo layout (default full-sbs)")
+    p.add_argument(
+        "--depth-model",
+        default=DEFAULT_DEPTH_MODEL,
+        help=f"Hugging Face id or local path of a depth model, or 'parallax' (no weights; a fallback). "
+        f"Default {DEFAULT_DEPTH_MODEL}",
+    )
+    p.add_argument("--budget", type=float, default=3.0, help="depth budget, %% of the width (default 3)")
+    p.add_argument(
+        "--convergence",
+        type=float,
+        default=0.5,
+        help="screen plane: 0 = all in front, 1 = all behind (default 0.5)",
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--start", type=float, default=None, help="start time in seconds")
+    p.add_argument("--end", type=float, default=None, help="end time in seconds")
+    p.add_argument("--codec", choices=("h264", "h265"), default="h264")
+    p.add_argument(
+        "--crf", type=int, default=17, help="quality, lower is better (default 17, visually lossless)"
+    )
+    p.add_argument("--no-inpaint", action="store_true", help="fill holes by propagation only (faster)")
+    p.add_argument("--chunk", type=int, default=16, help="frames decoded and processed at a time")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_convert)
+
+
+def _run_convert(args) -> int:
+    from tqdm import tqdm
+
+    from spatialdreamer.convert import ConvertOptions, convert_video
+
+    options = ConvertOptions(
+        format=args.format,
+        depth_model=args.depth_model,
+        budget=args.budget,
+        convergence=args.convergence,
+        device=args.device,
+        start=args.start,
+        end=args.end,
+        chunk_size=args.chunk,
+        codec=args.codec,
+        crf=args.crf,
+        inpaint=not args.no_inpaint,
+    )
+    bar = None if args.quiet else tqdm(unit="frame", dynamic_ncols=True, desc="converting")
+
+    def progress(done: int, total: int) -> None:
+        if bar is not None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+    try:
+        report = convert_video(args.input, args.output, options, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(f"wrote {report.output} ({report.frames} frames, {report.fps:.1f} frames/s)")
+    return 0
+
+
+def _add_synth(sub) -> None:
+    p = sub.add_parser("synth", help="write procedural stereo videos (with exact ground truth)")
+    p.add_argument("output", help="folder to write into")
+    p.add_argument("--count", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=4.0)
+    p.add_argument("--fps", type=float, default=24.0)
+    p.add_argument("--size", type=_size, default=(320, 192), help="WIDTHxHEIGHT (default 320x192)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first video")
+    p.add_argument("--ground-truth", action="store_true", help="also write right views, disparity and masks")
+    p.set_defaults(func=_run_synth)
+
+
+def _run_synth(args) -> int:
+    from spatialdreamer.synth import random_spec
+    from spatialdreamer.synth.videos import write_scene
+
+    if args.count < 1 or args.seconds <= 0:
+        raise ValueError("--count must be >= 1 and --seconds > 0")
+    w, h = args.size
+    frames = max(1, round(args.seconds * args.fps))
+    for i in range(args.count):
+        spec = random_spec(args.seed + i, height=h, width=w, frames=frames, fps=args.fps)
+        files = write_scene(spec, args.output, f"synth_{args.seed + i:04d}", ground_truth=args.ground_truth)
+        print(f"wrote {files.left}")
+    return 0
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="end-to-end demo on generated videos (no downloads)")
+    p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args) -> int:
+    from spatialdreamer.demo import run_demo
+
+    run_demo(args.out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spatialdreamer", description="Monocular video to stereo video.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details and show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_convert(sub)
+    _add_synth(sub)
+    _add_demo(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    tune_cpu_allocator()
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one clear line for the user; details with --verbose
+        if args.verbose:
+            traceback.print_exc()
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"spatialdreamer {args.command}: error: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
