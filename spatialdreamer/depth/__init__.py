@@ -8,7 +8,7 @@ depth and pixel disparity.
 """
 
 from spatialdreamer.depth.base import DepthEstimator, DepthModelError, check_frames, resolve_device
-from spatialdreamer.depth.evaluate import aligned_absrel, evaluate_on_synth, rank_correlation
+from spatialdreamer.depth.evaluate import aligned_absrel, evaluate_depth, evaluate_on_synth, rank_correlation
 from spatialdreamer.depth.factory import PARALLAX, load_depth_estimator
 from spatialdreamer.depth.normalize import TemporalNormalizer
 from spatialdreamer.depth.parallax import ParallaxDepthEstimator, camera_motion_residual, scene_prior
@@ -33,6 +33,7 @@ __all__ = [
     "camera_motion_residual",
     "check_frames",
     "depth_polarity",
+    "evaluate_depth",
     "evaluate_on_synth",
     "fit_input_size",
     "load_depth_estimator",

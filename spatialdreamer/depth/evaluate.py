@@ -12,8 +12,9 @@ from collections.abc import Callable, Sequence
 import torch
 
 from spatialdreamer.depth.base import DepthEstimator
+from spatialdreamer.synth import StereoScene, make_scene
 
-__all__ = ["aligned_absrel", "evaluate_on_synth", "rank_correlation"]
+__all__ = ["aligned_absrel", "evaluate_depth", "evaluate_on_synth", "rank_correlation"]
 
 
 def _check_pair(pred: torch.Tensor, target: torch.Tensor) -> None:
@@ -65,6 +66,37 @@ def aligned_absrel(pred_inverse: torch.Tensor, target_inverse: torch.Tensor, eps
     return float(((aligned - g).abs() / g).mean())
 
 
+def evaluate_depth(
+    estimator: DepthEstimator | Callable[[torch.Tensor], torch.Tensor],
+    scenes: Sequence[StereoScene],
+    skip: int = 1,
+) -> dict[str, float]:
+    """Mean Spearman and aligned AbsRel of ``estimator`` over rendered synth ``scenes``.
+
+    Each scene's left video goes through ``estimator`` as one batch (after ``reset()`` where it
+    has one); the first ``skip`` frames of each are not scored (a motion-based estimator has no
+    history there).
+
+    Returns:
+        ``{"spearman": ..., "absrel": ..., "frames": n}`` averaged over the scored frames.
+    """
+    if not scenes:
+        raise ValueError("need at least one scene")
+    rho, rel, n = 0.0, 0.0, 0
+    for scene in scenes:
+        if scene.left.shape[0] <= skip:
+            raise ValueError(f"scenes need more than skip={skip} frames, got {scene.left.shape[0]}")
+        if hasattr(estimator, "reset"):
+            estimator.reset()
+        pred = estimator(scene.left).float().cpu()
+        truth = 1.0 / scene.depth.float()
+        for t in range(skip, scene.left.shape[0]):
+            rho += rank_correlation(pred[t], truth[t])
+            rel += aligned_absrel(pred[t], truth[t])
+            n += 1
+    return {"spearman": rho / n, "absrel": rel / n, "frames": float(n)}
+
+
 def evaluate_on_synth(
     estimator: DepthEstimator | Callable[[torch.Tensor], torch.Tensor],
     seeds: Sequence[int] = (0, 1, 2, 3, 4, 5),
@@ -74,27 +106,10 @@ def evaluate_on_synth(
     frames: int = 8,
     skip: int = 1,
 ) -> dict[str, float]:
-    """Mean Spearman and aligned AbsRel of ``estimator`` over ``spatialdreamer.synth`` scenes.
+    """:func:`evaluate_depth` on ``make_scene(seed, height=, width=, frames=)`` for each seed.
 
-    Each scene's frames go through ``estimator`` as one batch (after ``reset()`` where it has one);
-    the first ``skip`` frames are not scored (a motion-based estimator has no history there).
-
-    Returns:
-        ``{"spearman": ..., "absrel": ..., "frames": n}`` averaged over scored frames.
+    This is the protocol behind the accuracy figures in
+    :class:`~spatialdreamer.depth.parallax.ParallaxDepthEstimator`.
     """
-    from spatialdreamer.synth import make_scene
-
-    if frames <= skip:
-        raise ValueError(f"need frames > skip, got frames={frames}, skip={skip}")
-    rho, rel, n = 0.0, 0.0, 0
-    for seed in seeds:
-        scene = make_scene(seed, height=height, width=width, frames=frames)
-        if hasattr(estimator, "reset"):
-            estimator.reset()
-        pred = estimator(scene.left).float().cpu()
-        truth = 1.0 / scene.depth.float()
-        for t in range(skip, frames):
-            rho += rank_correlation(pred[t], truth[t])
-            rel += aligned_absrel(pred[t], truth[t])
-            n += 1
-    return {"spearman": rho / n, "absrel": rel / n, "frames": float(n)}
+    scenes = [make_scene(seed, height=height, width=width, frames=frames) for seed in seeds]
+    return evaluate_depth(estimator, scenes, skip=skip)
