@@ -62,3 +62,28 @@ def test_ramp_weights_are_positive_and_flat_inside():
     assert torch.equal(w, w.flip(0))
     assert (w[1:4] > w[:3]).all()
     assert torch.equal(ramp_weights(5, 0), torch.ones(5))
+
+
+def test_blending_reproduces_a_chunk_independent_prediction():
+    from spatialdreamer.models.tiling import blend_chunks, plan_chunks
+
+    field = torch.randn(2, 11, 3, 7, 9)
+    plan = plan_chunks(11, 7, 9, window=4, window_overlap=2, tile=4, tile_overlap=1)
+    assert len(plan.slices) > 4
+    torch.testing.assert_close(blend_chunks(plan, field.shape, lambda sl: field[sl] * 2), field * 2)
+
+
+def test_window_boundaries_ramp_instead_of_jumping():
+    """Two windows that disagree completely (0 vs 1) meet through a ramp, not a step: no flash."""
+    from spatialdreamer.models.tiling import blend_chunks, plan_chunks
+
+    overlap = 3
+    plan = plan_chunks(12, 2, 2, window=8, window_overlap=overlap)
+    assert [sl[1].start for sl in plan.slices] == [0, 4]
+    per_frame = blend_chunks(
+        plan, (1, 12, 1, 2, 2), lambda sl: torch.full((1, 8, 1, 2, 2), float(sl[1].start > 0))
+    )
+    curve = per_frame[0, :, 0, 0, 0]
+    assert curve[0] == 0 and curve[-1] == 1
+    jumps = curve.diff()
+    assert (jumps >= 0).all() and jumps.max() < 0.5, curve

@@ -146,3 +146,59 @@ def test_bfloat16_pipeline_runs(clip):
     assert pipe.unet.dtype == torch.bfloat16 and pipe.refinernet.dtype == torch.bfloat16
     out = _run(pipe, clip, frames=2, num_inference_steps=1)
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+def test_image_encoder_conditions_the_denoiser(clip):
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from spatialdreamer.models.pipeline import encode_condition_embeddings
+
+    torch.manual_seed(0)
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+        projection_dim=32,
+    )
+    encoder = CLIPVisionModelWithProjection(vision).eval()
+    emb = encode_condition_embeddings(encoder, clip[2][None, :3], 32)
+    assert emb.shape == (1, 1, 32) and emb.abs().sum() > 0
+    base = build_pipeline("tiny", seed=0)
+    with_encoder = SpatialDreamerPipeline(
+        base.vae, base.unet, base.refinernet, base.scheduler, image_encoder=encoder
+    )
+    with_encoder.set_progress_bar_config(disable=True)
+    a = _run(with_encoder, clip, frames=2, num_inference_steps=1, composite=False)
+    b = _run(base, clip, frames=2, num_inference_steps=1, composite=False)
+    assert a.shape == b.shape and not torch.equal(a, b)
+
+
+def test_full_config_is_the_stable_video_diffusion_layout():
+    import inspect
+
+    from spatialdreamer.models.configs import _denoiser_kwargs
+
+    svd_defaults = {
+        k: p.default
+        for k, p in inspect.signature(UNetSpatioTemporalConditionModel.__init__).parameters.items()
+    }
+    ours = _denoiser_kwargs(get_config("full"))
+    for key in (
+        "down_block_types",
+        "up_block_types",
+        "block_out_channels",
+        "num_attention_heads",
+        "cross_attention_dim",
+        "addition_time_embed_dim",
+        "projection_class_embeddings_input_dim",
+    ):
+        want = svd_defaults[key]
+        got = tuple(ours[key]) if isinstance(want, tuple) else ours[key]
+        assert got == want, key
+    assert ours["in_channels"] == 9
+    base = _denoiser_kwargs(get_config("base"))
+    assert base["down_block_types"] == ours["down_block_types"]
+    assert get_config("tiny", til_weight=0.9).til_weight == 0.9

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
 import torch
@@ -23,7 +23,7 @@ from spatialdreamer.models.denoiser import SpatialDreamerDenoiser
 from spatialdreamer.models.pipeline import SpatialDreamerPipeline
 from spatialdreamer.models.refinernet import RefinerNet
 
-__all__ = ["CONFIGS", "ModelConfig", "build_pipeline", "get_config", "load_pretrained_svd"]
+__all__ = ["CONFIGS", "ModelConfig", "build_pipeline", "config_dict", "get_config", "load_pretrained_svd"]
 
 _SVD_DOWN = ("CrossAttnDownBlockSpatioTemporal",) * 3 + ("DownBlockSpatioTemporal",)
 _SVD_UP = ("UpBlockSpatioTemporal",) + ("CrossAttnUpBlockSpatioTemporal",) * 3
@@ -54,7 +54,6 @@ class ModelConfig:
     stereo_loss_weight: float = 0.1
     deviation_scale: float = 1000.0
     train_resolution: tuple[int, int] = (256, 384)
-    extra: dict = field(default_factory=dict)
 
 
 CONFIGS: dict[str, ModelConfig] = {

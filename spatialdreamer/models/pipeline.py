@@ -29,7 +29,7 @@ from spatialdreamer.models.conditioning import (
     predict_velocity,
 )
 from spatialdreamer.models.consistency import stereo_deviation_strength
-from spatialdreamer.models.tiling import chunk_starts, ramp_weights
+from spatialdreamer.models.tiling import blend_chunks, plan_chunks
 
 __all__ = ["SpatialDreamerPipeline", "SpatialDreamerPipelineOutput", "encode_condition_embeddings"]
 
@@ -205,26 +205,18 @@ class SpatialDreamerPipeline(DiffusionPipeline):
         deviation = deviation.to(device)
 
         # 2. chunks: temporal windows × spatial tiles, each with its blend weight
-        window = min(window_size or unet_cfg.num_frames, frames)
-        overlap = window // 4 if window_overlap is None else window_overlap
-        overlap = min(overlap, window - 1)
-        t_starts = chunk_starts(frames, window, overlap)
-        tile_h, tile_w = min(tile_size or lat_h, lat_h), min(tile_size or lat_w, lat_w)
-        y_starts = chunk_starts(lat_h, tile_h, min(tile_overlap, tile_h - 1))
-        x_starts = chunk_starts(lat_w, tile_w, min(tile_overlap, tile_w - 1))
-        w_t = ramp_weights(window, overlap, device=device)
-        w_y = ramp_weights(tile_h, min(tile_overlap, tile_h - 1), device=device)
-        w_x = ramp_weights(tile_w, min(tile_overlap, tile_w - 1), device=device)
-        weight = (w_t[:, None, None, None] * w_y[None, None, :, None] * w_x[None, None, None, :])[None]
-        chunks = [
-            (slice(None), slice(t, t + window), slice(None), slice(y, y + tile_h), slice(x, x + tile_w))
-            for t in t_starts
-            for y in y_starts
-            for x in x_starts
-        ]
-        total = torch.zeros(1, frames, 1, lat_h, lat_w, device=device)
-        for sl in chunks:
-            total[(slice(None), *sl[1:])] += weight
+        window = window_size or unet_cfg.num_frames
+        plan = plan_chunks(
+            frames,
+            lat_h,
+            lat_w,
+            window=window,
+            window_overlap=min(window, frames) // 4 if window_overlap is None else window_overlap,
+            tile=tile_size,
+            tile_overlap=tile_overlap,
+            device=device,
+        )
+        chunks = plan.slices
         # RefinerNet is evaluated at t = 0, so its features are reused across steps when there is
         # a single chunk; with many chunks they are recomputed to keep memory bounded.
         cached = encode_reference(self.refinernet, z_ref[chunks[0]], ehs) if len(chunks) == 1 else None
@@ -236,9 +228,9 @@ class SpatialDreamerPipeline(DiffusionPipeline):
         with self.progress_bar(total=len(self.scheduler.timesteps)) as progress:
             for t in self.scheduler.timesteps:
                 model_input = self.scheduler.scale_model_input(latents, t)
-                velocity = torch.zeros_like(latents, dtype=torch.float32)
-                for sl in chunks:
-                    v = predict_velocity(
+
+                def chunk_velocity(sl: tuple[slice, ...], model_input=model_input, t=t) -> torch.Tensor:
+                    return predict_velocity(
                         self.unet,
                         self.refinernet,
                         noisy_latents=model_input[sl],
@@ -251,8 +243,8 @@ class SpatialDreamerPipeline(DiffusionPipeline):
                         deviation_strength=deviation,
                         reference_features=cached,
                     )
-                    velocity[sl] += v.float() * weight
-                velocity = (velocity / total).to(dtype)
+
+                velocity = blend_chunks(plan, latents.shape, chunk_velocity).to(dtype)
                 latents = self.scheduler.step(velocity, t, latents, generator=generator).prev_sample
                 progress.update()
 

@@ -8,9 +8,12 @@ chunks on one trajectory, so chunk boundaries neither flash in time nor seam in 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 
-__all__ = ["chunk_starts", "ramp_weights"]
+__all__ = ["ChunkPlan", "blend_chunks", "chunk_starts", "plan_chunks", "ramp_weights"]
 
 
 def chunk_starts(length: int, size: int, overlap: int) -> list[int]:
@@ -50,3 +53,67 @@ def ramp_weights(size: int, overlap: int, *, device: torch.device | None = None)
     idx = torch.arange(size, device=device, dtype=torch.float32)
     ramp = torch.minimum(idx + 1, size - idx) / (overlap + 1)
     return ramp.clamp(max=1.0)
+
+
+@dataclass
+class ChunkPlan:
+    """Chunks of a ``[B, T, C, h, w]`` latent video and their blend weights.
+
+    ``slices[i]`` indexes one chunk (all batch and channel entries); ``weight`` ``[1, F, 1, th, tw]``
+    is the product of the temporal and the two spatial ramps; ``total`` ``[1, T, 1, h, w]`` sums
+    the weights that land on each position (never zero: the chunks cover everything).
+    """
+
+    slices: list[tuple[slice, ...]]
+    weight: torch.Tensor
+    total: torch.Tensor
+
+
+def plan_chunks(
+    frames: int,
+    height: int,
+    width: int,
+    *,
+    window: int,
+    window_overlap: int,
+    tile: int | None = None,
+    tile_overlap: int = 0,
+    device: torch.device | None = None,
+) -> ChunkPlan:
+    """Temporal windows × spatial tiles over a latent video of ``frames × height × width``.
+
+    ``window`` / ``tile`` larger than the video are clipped to it; overlaps are clipped to one
+    less than the chunk size.
+    """
+    window = min(window, frames)
+    t_over = min(window_overlap, window - 1)
+    tile_h, tile_w = min(tile or height, height), min(tile or width, width)
+    y_over, x_over = min(tile_overlap, tile_h - 1), min(tile_overlap, tile_w - 1)
+    w_t = ramp_weights(window, t_over, device=device)
+    w_y = ramp_weights(tile_h, y_over, device=device)
+    w_x = ramp_weights(tile_w, x_over, device=device)
+    weight = (w_t[:, None, None, None] * w_y[None, None, :, None] * w_x[None, None, None, :])[None]
+    slices = [
+        (slice(None), slice(t, t + window), slice(None), slice(y, y + tile_h), slice(x, x + tile_w))
+        for t in chunk_starts(frames, window, t_over)
+        for y in chunk_starts(height, tile_h, y_over)
+        for x in chunk_starts(width, tile_w, x_over)
+    ]
+    total = torch.zeros(1, frames, 1, height, width, device=device)
+    for sl in slices:
+        total[sl] += weight
+    return ChunkPlan(slices=slices, weight=weight, total=total)
+
+
+def blend_chunks(
+    plan: ChunkPlan, shape: tuple[int, ...], fn: Callable[[tuple[slice, ...]], torch.Tensor]
+) -> torch.Tensor:
+    """Evaluate ``fn`` on every chunk of ``plan`` and return the weight-normalised blend, ``shape`` float32.
+
+    ``fn(slices)`` returns the chunk's ``[B, F, C, th, tw]`` result. If ``fn`` is the same
+    function of position for every chunk, the blend reproduces it exactly.
+    """
+    out = torch.zeros(shape, device=plan.weight.device, dtype=torch.float32)
+    for sl in plan.slices:
+        out[sl] += fn(sl).float() * plan.weight
+    return out / plan.total
