@@ -84,6 +84,8 @@ def test_bad_inputs_give_clear_errors(pipe, clip):
         pipe(rendered[0, 0], holes, left)
     with pytest.raises(TypeError, match="torch.Tensor"):
         pipe(rendered.numpy(), holes, left)
+    with pytest.raises(ValueError, match="deviation_strength needs 1 or 1 values"):
+        pipe(rendered, holes, left, deviation_strength=[0.1, 0.2])
     with pytest.raises(ValueError, match="output_type"):
         pipe(rendered, holes, left, output_type="pil")
     with pytest.raises(KeyError, match="unknown model config 'huge'"):

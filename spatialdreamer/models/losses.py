@@ -86,6 +86,11 @@ def training_losses(
         generator: seeds noise and noise levels (CPU generator).
         reduce_strength: see :func:`stereo_aware_loss`.
 
+    Note:
+        RefinerNet's layers after its last recorded self-attention (the tail of its last up
+        block, ``conv_norm_out``, ``conv_out``) do not influence the loss and get no gradient;
+        wrap it with ``DistributedDataParallel(..., find_unused_parameters=True)``.
+
     Returns:
         dict of scalar tensors: ``loss`` (to backpropagate), ``diffusion_loss``, ``stereo_loss``
         and ``deviation_strength`` (mean s of the targets, detached, for logging).

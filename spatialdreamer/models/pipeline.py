@@ -199,9 +199,10 @@ class SpatialDreamerPipeline(DiffusionPipeline):
         if deviation_strength is None:
             deviation = stereo_deviation_strength(z_render, z_ref)
         else:
-            deviation = (
-                torch.as_tensor(deviation_strength, dtype=torch.float32).reshape(-1).expand(batch).clone()
-            )
+            deviation = torch.as_tensor(deviation_strength, dtype=torch.float32).reshape(-1)
+            if deviation.numel() not in (1, batch):
+                raise ValueError(f"deviation_strength needs 1 or {batch} values, got {deviation.numel()}")
+            deviation = deviation.expand(batch).clone()
         deviation = deviation.to(device)
 
         # 2. chunks: temporal windows × spatial tiles, each with its blend weight
