@@ -17,6 +17,15 @@ from spatialdreamer.depth import (
 from spatialdreamer.synth import make_scene
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """Tiny tensors: extra threads only add contention on a shared CI machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _prior_only(frames: torch.Tensor) -> torch.Tensor:
     return scene_prior(frames.shape[2], frames.shape[3]).expand(frames.shape[0], 1, -1, -1)
 
@@ -26,14 +35,9 @@ def _constant(frames: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def eval_scenes():
+def eval_scenes(_one_torch_thread):
     """The protocol of ParallaxDepthEstimator's docstring: seeds 0-5, 96x160, 8 frames."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # rendering is many small ops: threads only add contention here
-    try:
-        return [make_scene(seed, height=96, width=160, frames=8) for seed in range(6)]
-    finally:
-        torch.set_num_threads(threads)
+    return [make_scene(seed, height=96, width=160, frames=8) for seed in range(6)]
 
 
 def test_parallax_accuracy_on_synth_is_pinned_and_beats_prior_and_constant(eval_scenes):
