@@ -163,10 +163,11 @@ def _load_error(model: str, exc: BaseException) -> DepthModelError:
             f"{model!r} is neither a local directory nor in the Hugging Face cache, and it could not be "
             f"downloaded ({reason})"
         )
+    repo = DEFAULT_DEPTH_MODEL if os.path.isdir(model) else model
     return DepthModelError(
         f"cannot load depth model: {where}. Options: pass a local directory with the model "
-        "(config.json + weights, e.g. from `hf download <id> --local-dir DIR`); pre-populate the "
-        "Hugging Face cache on a machine with network (`hf download <id>`, then copy the cache or "
+        f"(config.json + weights, e.g. from `hf download {repo} --local-dir DIR`); pre-populate the "
+        f"Hugging Face cache on a machine with network (`hf download {repo}`, then copy the cache or "
         "point HF_HOME at it); or use `--depth-model parallax`, the weight-free fallback."
     )
 
