@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from spatialdreamer.depth import TemporalNormalizer, load_depth_estimator
+from spatialdreamer.depth import DEFAULT_DEPTH_MODEL, TemporalNormalizer, load_depth_estimator
 from spatialdreamer.dvg import disparity_from_normalized, forward_warp
 from spatialdreamer.stereo import FORMATS, compose, fill_holes, layout_tag
 from spatialdreamer.video import VideoWriter, probe_video, stream_frames
@@ -26,7 +26,6 @@ __all__ = ["DEFAULT_DEPTH_MODEL", "ConvertOptions", "ConvertReport", "convert_vi
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DEPTH_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"
 _VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov")
 
 

@@ -7,6 +7,10 @@ import torch
 
 from spatialdreamer.synth import make_scene
 
+# One intra-op thread: the tests' tensors are small, and Ray workers share the two CI cores;
+# OpenMP threads spinning against each other made small ops up to 10x slower.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def scenes():

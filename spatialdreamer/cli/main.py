@@ -80,17 +80,20 @@ def _run_convert(args) -> int:
         crf=args.crf,
         inpaint=not args.no_inpaint,
     )
-    bar = None if args.quiet else tqdm(unit="frame", dynamic_ncols=True, desc="converting")
+    bars: list[tqdm] = []
 
     def progress(done: int, total: int) -> None:
-        if bar is not None:
-            bar.total = total
-            bar.update(done - bar.n)
+        if args.quiet:
+            return
+        if not bars:  # created at the first chunk, once the model has loaded
+            bars.append(tqdm(total=total, unit="frame", dynamic_ncols=True, desc="converting"))
+        bars[0].total = total
+        bars[0].update(done - bars[0].n)
 
     try:
         report = convert_video(args.input, args.output, options, progress=progress)
     finally:
-        if bar is not None:
+        for bar in bars:
             bar.close()
     print(f"wrote {report.output} ({report.frames} frames, {report.fps:.1f} frames/s)")
     return 0

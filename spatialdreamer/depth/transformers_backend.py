@@ -14,6 +14,8 @@ import json
 import logging
 import math
 import os
+import socket
+import urllib.parse
 from dataclasses import dataclass
 from typing import Literal
 
@@ -154,6 +156,20 @@ def _triple(values: object) -> tuple[float, float, float]:
     return seq[0], seq[1], seq[2]
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face endpoint answers at all; saves the hub client's ~25 s of retries
+    on machines without network (where ``HF_HUB_OFFLINE`` is not set)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    endpoint = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((endpoint.hostname or "huggingface.co", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def _load_error(model: str, exc: BaseException) -> DepthModelError:
     reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
     if os.path.isdir(model):
@@ -246,7 +262,7 @@ class TransformersDepthEstimator(DepthEstimator):
         from transformers import AutoModelForDepthEstimation
 
         if local_files_only is None:  # cache (or the directory) first; the network only if that fails
-            attempts = [True] if os.path.isdir(model) else [True, False]
+            attempts = [True] if os.path.isdir(model) or not _hub_reachable() else [True, False]
         else:
             attempts = [bool(local_files_only)]
         last: BaseException | None = None
