@@ -147,6 +147,16 @@ def test_training_losses_reject_bad_batches(pipe):
         training_losses(good, stereo_loss_weight=-1.0, **kw)
 
 
+def test_gradient_checkpointing_is_refused_with_fusion():
+    pipe = build_pipeline("tiny")
+    x = _inputs(pipe)
+    pipe.unet.enable_gradient_checkpointing()
+    with pytest.raises(ValueError, match="gradient checkpointing"):
+        predict_velocity(pipe.unet, pipe.refinernet, **x)
+    with torch.no_grad():  # inference never recomputes, so it is allowed
+        assert predict_velocity(pipe.unet, pipe.refinernet, **x).shape == x["noisy_latents"].shape
+
+
 def test_model_save_load_round_trip_gives_identical_outputs(pipe, tmp_path):
     x = _inputs(pipe, frames=2)
     with torch.no_grad():

@@ -88,6 +88,19 @@ def added_time_ids(
     return ids.repeat(batch_size, 1)
 
 
+def _refuse_checkpointing(*models: torch.nn.Module) -> None:
+    """Checkpointed blocks recompute in backward, outside the fusion/TIL state: wrong gradients."""
+    if not torch.is_grad_enabled():
+        return
+    for model in models:
+        if getattr(unwrap(model), "is_gradient_checkpointing", False):
+            raise ValueError(
+                f"{type(unwrap(model)).__name__} has gradient checkpointing enabled; reference fusion and "
+                "TIL keep per-call state that checkpoint recomputation does not see. Disable it "
+                "(model.disable_gradient_checkpointing()) when training with fusion."
+            )
+
+
 def encode_reference(
     refinernet: torch.nn.Module, reference_latents: torch.Tensor, encoder_hidden_states: torch.Tensor
 ) -> dict[str, torch.Tensor]:
@@ -101,6 +114,7 @@ def encode_reference(
         raise ValueError(f"reference latents must be [B, F, C, h, w], got {tuple(reference_latents.shape)}")
     batch, frames = reference_latents.shape[:2]
     model = unwrap(refinernet)
+    _refuse_checkpointing(refinernet)
     ehs = encoder_hidden_states.repeat_interleave(frames, dim=0)
     timestep = torch.zeros(batch * frames, device=reference_latents.device)
     with model.bank.record() as features:
@@ -139,6 +153,7 @@ def predict_velocity(
         raise ValueError(
             f"mask latents must be [B, F, 1, h, w] matching {tuple(shape)}, got {tuple(mask_latents.shape)}"
         )
+    _refuse_checkpointing(unet)
     if reference_features is None:
         reference_features = encode_reference(refinernet, reference_latents, encoder_hidden_states)
     model_input = torch.cat([noisy_latents, rendered_latents, mask_latents.to(noisy_latents.dtype)], dim=2)
