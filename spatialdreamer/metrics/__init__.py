@@ -1,0 +1,34 @@
+"""Quality metrics for stereo video: PSNR, SSIM, LPIPS, FVD and the temporal warping error.
+
+All take videos ``[T,C,H,W]`` float in [0, 1] and can be restricted to a mask ``[T,1,H,W]``
+(e.g. the disocclusions, to score only what a model had to invent).
+"""
+
+from spatialdreamer.metrics.fvd import (
+    FVDModelError,
+    I3DFeatures,
+    feature_statistics,
+    frechet_distance,
+    fvd,
+    video_features,
+)
+from spatialdreamer.metrics.image import psnr, ssim, ssim_map
+from spatialdreamer.metrics.lpips import LPIPS, LPIPSWeightsError, find_backbone_weights, lpips
+from spatialdreamer.metrics.warping import e_warp
+
+__all__ = [
+    "LPIPS",
+    "FVDModelError",
+    "I3DFeatures",
+    "LPIPSWeightsError",
+    "e_warp",
+    "feature_statistics",
+    "find_backbone_weights",
+    "frechet_distance",
+    "fvd",
+    "lpips",
+    "psnr",
+    "ssim",
+    "ssim_map",
+    "video_features",
+]
