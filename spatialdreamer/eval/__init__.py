@@ -1,37 +1,68 @@
-"""Evaluation: the synth benchmark set, the baselines and the scoring harness (results tables)."""
+"""Evaluation: the synth benchmark set, the baselines, the scoring harness and the job stages."""
 
-from spatialdreamer.eval.baselines import DepthDVG, DVGFill, Identity, NaiveDIBR, RefinerDVG, align_to
+from spatialdreamer.eval.baselines import (
+    BASELINES,
+    LABELS,
+    DepthDVG,
+    DVGFill,
+    Identity,
+    NaiveDIBR,
+    RefinerDVG,
+    align_to,
+    build_baselines,
+)
 from spatialdreamer.eval.benchmark import (
+    PARTS,
     BenchmarkConfig,
     BenchmarkScene,
     ensure_benchmark,
     load_scene,
     read_video,
+    scene_files,
 )
 from spatialdreamer.eval.harness import (
     COLUMNS,
+    VideoPair,
     VideoScorer,
+    evaluate_pairs,
     format_markdown,
+    list_videos,
+    pair_videos,
+    score_files,
     score_video,
     summarise,
     write_results,
 )
+from spatialdreamer.eval.stages import PredictStage, ScoreStage, pred_path
 
 __all__ = [
+    "BASELINES",
     "COLUMNS",
+    "LABELS",
+    "PARTS",
     "BenchmarkConfig",
     "BenchmarkScene",
     "DVGFill",
     "DepthDVG",
     "Identity",
     "NaiveDIBR",
+    "PredictStage",
     "RefinerDVG",
+    "ScoreStage",
+    "VideoPair",
     "VideoScorer",
     "align_to",
+    "build_baselines",
     "ensure_benchmark",
+    "evaluate_pairs",
     "format_markdown",
+    "list_videos",
     "load_scene",
+    "pair_videos",
+    "pred_path",
     "read_video",
+    "scene_files",
+    "score_files",
     "score_video",
     "summarise",
     "write_results",

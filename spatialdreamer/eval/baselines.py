@@ -13,12 +13,15 @@ Every baseline maps the left video ``[T,3,H,W]`` in [0, 1] and the left-view dis
 * ``dvg_fill``: DVG's z-ordered sub-pixel forward warp plus the classical background-side
   fill (:func:`spatialdreamer.stereo.fill_holes`). With ground-truth disparity it is an oracle
   for rendering; with a depth estimator (:class:`DepthDVG`) it is what ``convert`` does.
-* ``refiner``: DVG + RefinerNet (:class:`RefinerDVG`) when a trained pipeline is given.
+* ``dvg_fill_depth``: the same on disparity from a depth estimator (``parallax`` needs no
+  weights), aligned to the truth by one scale and shift per video.
+* ``dvg_refiner``: DVG + RefinerNet (:class:`RefinerDVG`) when a trained pipeline is given.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -28,7 +31,18 @@ from spatialdreamer.depth import TemporalNormalizer, load_depth_estimator
 from spatialdreamer.dvg import forward_warp
 from spatialdreamer.stereo import fill_holes
 
-__all__ = ["DVGFill", "DepthDVG", "Identity", "NaiveDIBR", "RefinerDVG", "align_to", "check_inputs"]
+__all__ = [
+    "BASELINES",
+    "LABELS",
+    "DVGFill",
+    "DepthDVG",
+    "Identity",
+    "NaiveDIBR",
+    "RefinerDVG",
+    "align_to",
+    "build_baselines",
+    "check_inputs",
+]
 
 
 def check_inputs(left: torch.Tensor, disparity: torch.Tensor) -> None:
@@ -83,8 +97,8 @@ class NaiveDIBR:
 class DVGFill:
     """DVG forward warp with the given disparity, holes filled from the background side."""
 
-    name = "DVG + classical fill (GT disparity, oracle)"
-    key = "dvg_fill_oracle"
+    name = "DVG + classical fill (GT disparity)"
+    key = "dvg_fill"
 
     def __call__(self, left: torch.Tensor, disparity: torch.Tensor) -> torch.Tensor:
         check_inputs(left, disparity)
@@ -166,3 +180,45 @@ class RefinerDVG:
             generator=torch.Generator().manual_seed(self.seed),
         ).frames
         return out.to(left.device, left.dtype).clamp(0, 1)
+
+
+# every method the harness knows, in table order; ``dvg_refiner`` needs a trained pipeline
+BASELINES = ("identity", "naive_dibr", "dvg_fill", "dvg_fill_depth", "dvg_refiner")
+LABELS = {
+    "identity": "Copy left view (identity)",
+    "naive_dibr": "Naive DIBR + OpenCV inpaint",
+    "dvg_fill": "DVG + classical fill",
+    "dvg_fill_depth": "DVG + classical fill, estimated depth",
+    "dvg_refiner": "DVG + RefinerNet",
+}
+
+
+def build_baselines(
+    methods: Sequence[str],
+    *,
+    pipeline: str | os.PathLike | object | None = None,
+    depth_model: str | os.PathLike = "parallax",
+    refiner_steps: int = 25,
+    device: str = "cpu",
+) -> dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
+    """The named baselines, built once (models loaded here): ``{key: baseline}`` in order."""
+    unknown = [m for m in methods if m not in BASELINES]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; choose from {', '.join(BASELINES)}")
+    if "dvg_refiner" in methods and pipeline is None:
+        raise ValueError(
+            "dvg_refiner needs a trained pipeline: pass --pipeline PATH (a save_pretrained folder)"
+        )
+    out: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {}
+    for key in methods:
+        if key == "identity":
+            out[key] = Identity()
+        elif key == "naive_dibr":
+            out[key] = NaiveDIBR()
+        elif key == "dvg_fill":
+            out[key] = DVGFill()
+        elif key == "dvg_fill_depth":
+            out[key] = DepthDVG(depth_model, device=device)
+        else:
+            out[key] = RefinerDVG(pipeline, num_inference_steps=refiner_steps, device=device)
+    return out

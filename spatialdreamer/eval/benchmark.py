@@ -1,14 +1,19 @@
 """The benchmark set: synth stereo videos from fixed seeds, stored losslessly with ground truth.
 
-Each scene ``bench_<seed>`` is four FFV1 files (see :func:`spatialdreamer.synth.videos.write_scene`):
-the left view (the input), the true right view, the left-view disparity (uint16 codes) and the
-right-view occlusion mask (the disocclusions a method has to invent).
+Each scene ``bench_<seed>`` is four FFV1 files of one name in four folders, so that a folder of
+predictions pairs with its ground truth by file name::
+
+    ROOT/left/bench_0000.mkv        the input (left view)
+    ROOT/right/bench_0000.mkv       the true right view, ray-cast (not warped)
+    ROOT/disparity/bench_0000.mkv   left-view disparity, uint16 codes (spatialdreamer.data.codecs)
+    ROOT/occlusion/bench_0000.mkv   right-view disocclusions (what a method has to invent)
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,9 +23,17 @@ import torch
 from spatialdreamer.data import disparity_from_u16
 from spatialdreamer.synth import random_spec
 from spatialdreamer.synth.videos import write_scene
-from spatialdreamer.video import read_lossless, stream_frames
+from spatialdreamer.video import probe_video, read_lossless, stream_frames
 
-__all__ = ["BenchmarkConfig", "BenchmarkScene", "ensure_benchmark", "load_scene", "read_video"]
+__all__ = [
+    "PARTS",
+    "BenchmarkConfig",
+    "BenchmarkScene",
+    "ensure_benchmark",
+    "load_scene",
+    "read_video",
+    "scene_files",
+]
 
 
 @dataclass(frozen=True)
@@ -48,10 +61,15 @@ class BenchmarkScene:
     right: torch.Tensor
     disparity: torch.Tensor
     occlusion: torch.Tensor
+    fps: float = 24.0
 
 
-def _scene_files(root: Path, name: str) -> list[Path]:
-    return [root / f"{name}{s}.mkv" for s in ("", ".right", ".disparity", ".occlusion")]
+PARTS = ("left", "right", "disparity", "occlusion")
+
+
+def scene_files(root: str | os.PathLike, name: str) -> dict[str, Path]:
+    """``{"left", "right", "disparity", "occlusion"}`` → the scene's files under ``root``."""
+    return {part: Path(root) / part / f"{name}.mkv" for part in PARTS}
 
 
 def ensure_benchmark(root: str | os.PathLike, config: BenchmarkConfig = BenchmarkConfig()) -> list[str]:
@@ -68,12 +86,19 @@ def ensure_benchmark(root: str | os.PathLike, config: BenchmarkConfig = Benchmar
         if found != wanted:
             raise ValueError(f"{root} holds a benchmark made with {found}, not {wanted}; use another folder")
     for i, name in enumerate(config.names()):
-        if all(p.exists() for p in _scene_files(root, name)):
+        targets = scene_files(root, name)
+        if all(p.exists() for p in targets.values()):
             continue
         spec = random_spec(
             config.seed + i, height=config.height, width=config.width, frames=config.frames, fps=config.fps
         )
-        write_scene(spec, root, name, audio=False, ground_truth=True, codec="ffv1")
+        with tempfile.TemporaryDirectory(dir=root, prefix=".writing-") as tmp:
+            files = write_scene(spec, tmp, name, audio=False, ground_truth=True, codec="ffv1")
+            written = {"left": files.left, "right": files.right, "disparity": files.disparity,
+                       "occlusion": files.occlusion}  # fmt: skip
+            for part, target in targets.items():
+                target.parent.mkdir(exist_ok=True)
+                os.replace(written[part], target)
     tmp = marker.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(wanted, indent=2))
     os.replace(tmp, marker)
@@ -90,14 +115,17 @@ def read_video(path: str | os.PathLike, chunk_size: int = 32) -> torch.Tensor:
 
 def load_scene(root: str | os.PathLike, name: str) -> BenchmarkScene:
     """Read one benchmark scene written by :func:`ensure_benchmark`."""
-    left_p, right_p, disp_p, occ_p = _scene_files(Path(root), name)
-    left, right = read_video(left_p), read_video(right_p)
-    disparity = torch.from_numpy(disparity_from_u16(read_lossless(disp_p))).unsqueeze(1)
-    occlusion = torch.from_numpy(np.asarray(read_lossless(occ_p)) > 127).unsqueeze(1)
+    files = scene_files(root, name)
+    missing = [str(p) for p in files.values() if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"benchmark scene {name} is incomplete: missing {', '.join(missing)}")
+    left, right = read_video(files["left"]), read_video(files["right"])
+    disparity = torch.from_numpy(disparity_from_u16(read_lossless(files["disparity"]))).unsqueeze(1)
+    occlusion = torch.from_numpy(np.asarray(read_lossless(files["occlusion"])) > 127).unsqueeze(1)
     t = left.shape[0]
     if not (right.shape == left.shape and disparity.shape[0] == t and occlusion.shape[0] == t):
         raise ValueError(
             f"{name}: ground truth does not match the left view (left {tuple(left.shape)}, right "
             f"{tuple(right.shape)}, disparity {tuple(disparity.shape)}, occlusion {tuple(occlusion.shape)})"
         )
-    return BenchmarkScene(name, left, right, disparity, occlusion)
+    return BenchmarkScene(name, left, right, disparity, occlusion, probe_video(files["left"]).fps)

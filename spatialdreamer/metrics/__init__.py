@@ -10,22 +10,33 @@ from spatialdreamer.metrics.fvd import (
     feature_statistics,
     frechet_distance,
     fvd,
+    load_i3d,
     video_features,
 )
+from spatialdreamer.metrics.i3d import InceptionI3d
 from spatialdreamer.metrics.image import psnr, ssim, ssim_map
-from spatialdreamer.metrics.lpips import LPIPS, LPIPSWeightsError, find_backbone_weights, lpips
+from spatialdreamer.metrics.lpips import (
+    LPIPS,
+    LPIPSWeightsError,
+    find_backbone_weights,
+    find_lpips_weights,
+    lpips,
+)
 from spatialdreamer.metrics.warping import e_warp
 
 __all__ = [
     "LPIPS",
     "FVDModelError",
     "I3DFeatures",
+    "InceptionI3d",
     "LPIPSWeightsError",
     "e_warp",
     "feature_statistics",
     "find_backbone_weights",
+    "find_lpips_weights",
     "frechet_distance",
     "fvd",
+    "load_i3d",
     "lpips",
     "psnr",
     "ssim",

@@ -1,25 +1,39 @@
 """Fréchet Video Distance: the Fréchet distance between Gaussians fitted to video features.
 
 The feature extractor is pluggable: any callable mapping a batch of videos ``[N,T,3,H,W]`` in
-[0, 1] to features ``[N,D]``. The standard one is I3D (Kinetics-400); :class:`I3DFeatures`
-loads an I3D TorchScript from a local path (e.g. StyleGAN-V's ``i3d_torchscript.pt``, the
-model behind most published FVD numbers). Nothing is downloaded.
+[0, 1] to features ``[N,D]``. The standard one is I3D (Kinetics-400): :class:`I3DFeatures`
+runs our :class:`~spatialdreamer.metrics.i3d.InceptionI3d` with weights from a local state
+dict, or a trusted TorchScript I3D (StyleGAN-V's ``i3d_torchscript.pt``, the model behind
+most published FVD numbers; other I3D weights give numbers comparable only among
+themselves). Nothing is downloaded.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import scipy.linalg
 import torch
 import torch.nn.functional as F
 
 from spatialdreamer.metrics._checks import as_video
+from spatialdreamer.metrics.i3d import InceptionI3d
 
-__all__ = ["FVDModelError", "I3DFeatures", "feature_statistics", "frechet_distance", "fvd", "video_features"]
+__all__ = [
+    "FVDModelError",
+    "I3DFeatures",
+    "feature_statistics",
+    "frechet_distance",
+    "fvd",
+    "load_i3d",
+    "video_features",
+]
+
+log = logging.getLogger(__name__)
 
 FeatureExtractor = Callable[[torch.Tensor], torch.Tensor]
 
@@ -40,14 +54,21 @@ def feature_statistics(features: np.ndarray | torch.Tensor) -> tuple[np.ndarray,
     return f.mean(0), np.atleast_2d(np.cov(f, rowvar=False))
 
 
-def frechet_distance(
-    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6
-) -> float:
+def _trace_sqrt_product(s1: np.ndarray, s2: np.ndarray) -> float:
+    """``tr((S1 S2)^½)`` for covariances: the eigenvalues of ``S1^½ S2 S1^½`` (symmetric PSD),
+    stable when the covariances are singular (fewer videos than feature dimensions)."""
+    w, v = np.linalg.eigh((s1 + s1.T) / 2)
+    half = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    m = half @ s2 @ half
+    return float(np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum())
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
     """``|mu1 - mu2|² + tr(S1 + S2 - 2 (S1 S2)^½)`` between two Gaussians.
 
-    A singular product (fewer videos than feature dimensions) gets ``eps`` added to the
-    diagonals, as in the reference FID/FVD code; the tiny imaginary part of the matrix square
-    root from round-off is dropped.
+    The trace of the matrix square root is taken through a symmetric eigendecomposition
+    rather than ``scipy.linalg.sqrtm`` (the reference FID/FVD code), which needs an ``eps``
+    hack for singular covariances; on well-conditioned inputs the two agree to round-off.
 
     Example:
         >>> m, s = np.zeros(2), np.eye(2)
@@ -60,42 +81,100 @@ def frechet_distance(
         raise ValueError(
             f"need mu [D] and sigma [D,D] of one D, got {mu1.shape}, {s1.shape}, {mu2.shape}, {s2.shape}"
         )
-    covmean, _ = scipy.linalg.sqrtm(s1 @ s2, disp=False)
-    if not np.isfinite(covmean).all():
-        offset = np.eye(s1.shape[0]) * eps
-        covmean = scipy.linalg.sqrtm((s1 + offset) @ (s2 + offset))
-    covmean = np.real(covmean)
     diff = mu1 - mu2
-    return float(max(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean), 0.0))
+    value = diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * _trace_sqrt_product(s1, s2)
+    return float(max(value, 0.0))
+
+
+def _is_torchscript(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.split("/", 1)[-1].startswith("code/") for n in z.namelist())
+    except zipfile.BadZipFile:
+        return False
+
+
+def load_i3d(path: str | os.PathLike | None, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """An I3D from a local file: a state dict of :class:`InceptionI3d` (``.safetensors``, or a
+    ``.pt`` read with ``weights_only=True``), or a TorchScript archive (StyleGAN-V's
+    ``i3d_torchscript.pt``; TorchScript runs the file's own graph, so use files you trust)."""
+    hint = (
+        "FVD needs I3D weights: pass i3d=PATH (CLI --i3d) to an InceptionI3d state dict "
+        "(e.g. pytorch-i3d's rgb_imagenet.pt, or .safetensors) or StyleGAN-V's i3d_torchscript.pt"
+    )
+    if path is None:
+        raise FVDModelError(hint)
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FVDModelError(f"{hint} (not found: {file})")
+    if _is_torchscript(file):
+        log.info("loading TorchScript I3D from %s", file)
+        return torch.jit.load(str(file), map_location=device).eval()
+    if file.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(file))
+    else:
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as exc:  # not a checkpoint, or one that needs unsafe unpickling
+            raise FVDModelError(f"{file}: not a readable I3D state dict ({type(exc).__name__})") from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or "logits.conv3d.weight" not in {
+        k.removeprefix("module.") for k in state
+    }:
+        raise FVDModelError(f"{file}: not an InceptionI3d state dict (no logits.conv3d.weight)")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    model = InceptionI3d(num_classes=state["logits.conv3d.weight"].shape[0])
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+        raise FVDModelError(f"{file}: keys do not match InceptionI3d ({first})") from exc
+    return model.to(device).eval()
 
 
 class I3DFeatures:
-    """I3D features ``[N,400]`` (logits layer inputs) of videos ``[N,T,3,H,W]`` in [0, 1].
+    """I3D features ``[N,D]`` (class logits, D = 400 for Kinetics) of videos ``[N,T,3,H,W]`` in [0, 1].
 
-    Loads a TorchScript I3D (StyleGAN-V's ``i3d_torchscript.pt`` signature:
-    ``model(x[N,3,T,224,224] in [-1,1], rescale=False, resize=False, return_features=True)``;
-    a module taking only ``x`` works too). Frames are resized to 224x224 here.
+    Frames are resized to ``size`` x ``size`` (bilinear, no crop) and scaled to [-1, 1], the
+    preprocessing of the reference FVD code. A TorchScript model with StyleGAN-V's signature
+    is called with ``rescale=False, resize=False, return_features=True``.
+
+    Args:
+        path: weights file (see :func:`load_i3d`); a missing one is a :class:`FVDModelError`.
+        model: an already built module instead of ``path`` (tests, custom networks).
+        size: input side; 224 is the standard, smaller only for tests.
     """
 
-    def __init__(self, path: str | os.PathLike | None, device: str | torch.device = "cpu") -> None:
-        if path is None or not Path(path).expanduser().is_file():
-            where = f" (not found: {path})" if path is not None else ""
-            raise FVDModelError(
-                f"FVD needs an I3D TorchScript: pass i3d=PATH to i3d_torchscript.pt (StyleGAN-V's){where}"
-            )
+    def __init__(
+        self,
+        path: str | os.PathLike | None = None,
+        device: str | torch.device = "cpu",
+        *,
+        model: torch.nn.Module | None = None,
+        size: int = 224,
+    ) -> None:
         self.device = torch.device(device)
-        self.model = torch.jit.load(str(Path(path).expanduser()), map_location=self.device).eval()
+        self.model = model.to(self.device).eval() if model is not None else load_i3d(path, self.device)
+        self.size = size
+        forward = getattr(self.model, "forward", None)
+        schema = getattr(forward, "schema", None)
+        names = {a.name for a in schema.arguments} if schema is not None else set()
+        self._stylegan_v = {"rescale", "resize", "return_features"} <= names
 
     def __call__(self, videos: torch.Tensor) -> torch.Tensor:
         if videos.ndim != 5 or videos.shape[2] != 3:
             raise ValueError(f"videos must be [N,T,3,H,W] in [0, 1], got {tuple(videos.shape)}")
         n, t = videos.shape[:2]
-        x = F.interpolate(videos.flatten(0, 1).float(), size=(224, 224), mode="bilinear", align_corners=False)
-        x = (x * 2 - 1).view(n, t, 3, 224, 224).permute(0, 2, 1, 3, 4).to(self.device)
+        s = self.size
+        x = F.interpolate(videos.flatten(0, 1).float(), size=(s, s), mode="bilinear", align_corners=False)
+        x = (x * 2 - 1).view(n, t, 3, s, s).permute(0, 2, 1, 3, 4).to(self.device)
         with torch.no_grad():
-            try:
+            if self._stylegan_v:
                 out = self.model(x, rescale=False, resize=False, return_features=True)
-            except RuntimeError:  # a TorchScript module without those keyword arguments
+            else:
                 out = self.model(x)
         return out.reshape(n, -1).float().cpu()
 

@@ -4,7 +4,8 @@ The backbones use torchvision's state-dict keys (``features.0.weight`` ...), so 
 ImageNet checkpoints load as they are: ``alexnet-owt-7be5be79.pth`` and ``vgg16-397923af.pth``
 from a path you give or from the torch hub cache (``$TORCH_HOME/hub/checkpoints`` or
 ``~/.cache/torch/hub/checkpoints``). The LPIPS linear layers (``alex.pth`` / ``vgg.pth`` of
-the ``lpips`` package, v0.1, keys ``lin0.model.1.weight`` ...) come from a local path.
+the ``lpips`` package, v0.1, keys ``lin0.model.1.weight`` ...) come from a path you give or
+from an installed ``lpips`` package (``pip install --no-deps lpips`` ships them).
 Nothing is downloaded: a missing file is a one-line :class:`LPIPSWeightsError` naming what to
 pass.
 """
@@ -12,6 +13,7 @@ pass.
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import re
 from pathlib import Path
@@ -23,7 +25,7 @@ import torch.nn.functional as F
 
 from spatialdreamer.metrics._checks import as_video_pair, masked_nanmean
 
-__all__ = ["LPIPS", "LPIPSWeightsError", "find_backbone_weights", "lpips"]
+__all__ = ["LPIPS", "LPIPSWeightsError", "find_backbone_weights", "find_lpips_weights", "lpips"]
 
 Net = Literal["alex", "vgg"]
 _BACKBONE_FILES = {"alex": "alexnet-owt-*.pth", "vgg": "vgg16-*.pth"}
@@ -83,6 +85,22 @@ def find_backbone_weights(net: Net) -> Path | None:
     return None
 
 
+def find_lpips_weights(net: Net) -> Path | None:
+    """The v0.1 linear-layer file shipped inside an installed ``lpips`` package, if any.
+
+    Only the package's location is looked up; it is not imported (it needs torchvision).
+    """
+    try:
+        spec = importlib.util.find_spec("lpips")
+    except (ImportError, ValueError):
+        return None
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(root) / "weights" / "v0.1" / _LPIPS_FILES[net]
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def _load_state(path: str | os.PathLike, what: str) -> dict[str, torch.Tensor]:
     path = Path(path).expanduser()
     if not path.is_file():
@@ -104,7 +122,8 @@ class LPIPS(nn.Module):
     Args:
         net: ``"alex"`` (the LPIPS default) or ``"vgg"``.
         backbone_weights: torchvision checkpoint path; ``None`` → the torch hub cache.
-        lpips_weights: LPIPS v0.1 linear-layer checkpoint path (``alex.pth`` / ``vgg.pth``).
+        lpips_weights: LPIPS v0.1 linear-layer checkpoint path (``alex.pth`` / ``vgg.pth``);
+            ``None`` → the copy inside an installed ``lpips`` package.
         pretrained: ``False`` builds random weights (tests of the architecture only; the linear
             weights are then random non-negative, as LPIPS constrains them).
 
@@ -146,8 +165,9 @@ class LPIPS(nn.Module):
         backbone = backbone or find_backbone_weights(self.net)
         if backbone is None:
             raise LPIPSWeightsError(f"LPIPS({self.net}): no ImageNet backbone weights found; {hint}")
+        linear = linear or find_lpips_weights(self.net)
         if linear is None:
-            raise LPIPSWeightsError(f"LPIPS({self.net}): no linear-layer weights given; {hint}")
+            raise LPIPSWeightsError(f"LPIPS({self.net}): no linear-layer weights found; {hint}")
         state = _load_state(backbone, f"LPIPS({self.net}) backbone weights")
         feats = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
         missing = set(self.features.state_dict()) - set(feats)
@@ -217,7 +237,7 @@ def lpips(
     Args:
         mask: optional ``[T,1,H,W]`` bool; the per-pixel LPIPS map is averaged over it.
         model: a loaded :class:`LPIPS` (reuse it across calls); ``None`` builds one for ``net``
-            from the torch hub cache, which needs the linear weights, so in practice pass one.
+            from the torch hub cache and an installed ``lpips`` package (an error if absent).
         reduction: ``"none"`` → ``[T]`` per frame (NaN where the mask is empty).
     """
     pred, target, mask = as_video_pair(pred, target, mask)
