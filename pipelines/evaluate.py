@@ -35,8 +35,9 @@ from spatialdreamer.eval import (
     summarise,
     write_results,
 )
+from spatialdreamer.eval.folders import notes_for, resolve_lpips
 from spatialdreamer.eval.harness import shown_columns
-from spatialdreamer.metrics import LPIPS, find_backbone_weights, find_lpips_weights, load_i3d
+from spatialdreamer.metrics import load_i3d
 from spatialdreamer.runtime import tune_cpu_allocator
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -72,28 +73,6 @@ def load_config(name_or_path: str, overrides: dict) -> dict:
 def _bench_config(values: dict) -> BenchmarkConfig:
     base = BenchmarkConfig()
     return BenchmarkConfig(**{k: type(getattr(base, k))(values[k]) for k in _BENCH_KEYS if k in values})
-
-
-def resolve_lpips(net: str, backbone: str | None, linear: str | None) -> tuple[dict | None, str | None]:
-    """LPIPS settings to pass to the scorers, or ``None`` and the note that says why not.
-
-    Paths given explicitly must load (an error otherwise); without them the torch hub cache
-    and an installed ``lpips`` package are searched, and absence only omits the column.
-    """
-    explicit = backbone is not None or linear is not None
-    backbone = backbone or (str(p) if (p := find_backbone_weights(net)) else None)
-    linear = linear or (str(p) if (p := find_lpips_weights(net)) else None)
-    if not explicit and (backbone is None or linear is None):
-        lacking = [
-            w for w, p in (("ImageNet backbone", backbone), ("LPIPS linear layers", linear)) if p is None
-        ]
-        return None, (
-            f"LPIPS omitted: no {' or '.join(lacking)} weights found locally "
-            "(pass --lpips-backbone PATH --lpips-weights PATH)."
-        )
-    settings = {"net": net, "backbone_weights": backbone, "lpips_weights": linear}
-    LPIPS(**settings)  # fail here, once, with the loader's one-line error
-    return settings, None
 
 
 def _external_rows(
@@ -132,8 +111,6 @@ def evaluate(args: argparse.Namespace, config: dict) -> tuple[pd.DataFrame, pd.D
         notes.append(note)
     if args.i3d:
         load_i3d(args.i3d)  # a missing or wrong file fails here, not in every worker
-    else:
-        notes.append("FVD omitted: no I3D weights given (pass --i3d PATH).")
 
     methods: list[str] = []
     external: list[dict] = []
@@ -142,8 +119,6 @@ def evaluate(args: argparse.Namespace, config: dict) -> tuple[pd.DataFrame, pd.D
         if not args.pred:
             raise ValueError("--gt needs at least one --pred folder to score")
         external = _external_rows(args.pred, args.name, args.gt, args.masks, args.left)
-        if not args.left:
-            notes.append("Copy-the-left-view baseline not scored (no --left): PSNR alone cannot be judged.")
         scenes: list[str] = []
     else:
         if args.masks or args.left:
@@ -201,14 +176,7 @@ def evaluate(args: argparse.Namespace, config: dict) -> tuple[pd.DataFrame, pd.D
     per_video = pd.DataFrame(ds.take_all())
     per_video = per_video.sort_values(["method", "scene"], kind="stable").reset_index(drop=True)
     summary = summarise(per_video, order=BASELINES)
-    floor = summary["e_warp_gt_x1e3"].dropna()
-    if len(floor):
-        notes.append(
-            f"E_warp of the true right views themselves: {floor.iloc[0]:.3f} ×10⁻³ "
-            "(the floor set by flow error and disocclusions)."
-        )
-    if "fvd" in summary and summary["fvd"].isna().all() and args.i3d:
-        notes.append("FVD n/a: it needs at least two scored videos per method.")
+    notes += notes_for(summary, i3d=args.i3d, identity_scored="identity" in set(per_video["method"]))
     return per_video, summary, notes
 
 

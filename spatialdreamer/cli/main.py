@@ -3,6 +3,7 @@
 spatialdreamer convert IN OUT [--format full-sbs] [--depth-model ID|parallax] ...
 spatialdreamer synth OUT_DIR [--count 3] [--seconds 4]
 spatialdreamer demo [--out demo_out]
+spatialdreamer eval --pred DIR (--gt DIR | --benchmark DIR) [--masks DIR] [--left DIR]
 """
 
 from __future__ import annotations
@@ -139,6 +140,81 @@ def _run_demo(args) -> int:
     return 0
 
 
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="score predicted right views against ground truth (results table)")
+    p.add_argument("--pred", required=True, help="folder of predicted right-view videos")
+    p.add_argument(
+        "--gt", default=None, help="folder of ground-truth videos (paired with --pred by file name)"
+    )
+    p.add_argument(
+        "--benchmark",
+        default=None,
+        help="a benchmark folder (python -m pipelines.evaluate): sets --gt/--masks/--left",
+    )
+    p.add_argument(
+        "--masks", default=None, help="folder of hole-mask videos (white = hole): adds hole columns"
+    )
+    p.add_argument("--left", default=None, help="folder of left views: adds the copy-the-left-view row")
+    p.add_argument("--name", default=None, help="method name in the table (default: the --pred folder name)")
+    p.add_argument("--out", default="eval_out", help="where results.csv/.md go (default eval_out)")
+    p.add_argument("--lpips-backbone", default=None, help="torchvision AlexNet/VGG16 ImageNet checkpoint")
+    p.add_argument("--lpips-weights", default=None, help="LPIPS v0.1 linear layers (alex.pth / vgg.pth)")
+    p.add_argument("--lpips-net", choices=("alex", "vgg"), default="alex")
+    p.add_argument("--i3d", default=None, help="I3D weights for FVD (InceptionI3d state dict or TorchScript)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args) -> int:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from spatialdreamer.eval import LABELS, write_results
+    from spatialdreamer.eval.folders import evaluate_folders
+
+    gt, masks, left = args.gt, args.masks, args.left
+    if args.benchmark:
+        if gt:
+            raise ValueError("pass --gt or --benchmark, not both")
+        bench = Path(args.benchmark)
+        gt, masks, left = bench / "right", masks or bench / "occlusion", left or bench / "left"
+    if gt is None:
+        raise ValueError("pass --gt DIR (ground-truth videos) or --benchmark DIR")
+    bars: list[tqdm] = []
+
+    def progress(done: int, total: int) -> None:
+        if args.quiet:
+            return
+        if not bars:  # created once the inputs have been checked and the first video is scored
+            bars.append(tqdm(total=total, unit="video", dynamic_ncols=True, desc="scoring"))
+        bars[0].update(done - bars[0].n)
+
+    try:
+        per_video, summary, notes = evaluate_folders(
+            args.pred,
+            gt,
+            masks=masks,
+            left=left,
+            name=args.name,
+            lpips_backbone=args.lpips_backbone,
+            lpips_weights=args.lpips_weights,
+            lpips_net=args.lpips_net,
+            i3d=args.i3d,
+            progress=progress,
+        )
+    finally:
+        for bar in bars:
+            bar.close()
+    csv_path, md_path = write_results(per_video, summary, args.out, notes, LABELS)
+    print(md_path.read_text(), end="")
+    failed = per_video[per_video["error"] != ""]
+    for _, row in failed.iterrows():
+        print(f"spatialdreamer eval: failed: {row['method']} {row['video']}: {row['error']}", file=sys.stderr)
+    print(f"wrote {csv_path} and {md_path}")
+    return 1 if len(failed) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spatialdreamer", description="Monocular video to stereo video.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details and show tracebacks")
@@ -146,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert(sub)
     _add_synth(sub)
     _add_demo(sub)
+    _add_eval(sub)
     return parser
 
 
