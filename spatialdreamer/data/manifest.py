@@ -2,12 +2,13 @@
 
 Layout of a corpus root::
 
-    manifest/part-00000.parquet   clips table, one row per clip (what users query)
-    failures/part-00000.parquet   what could not be used: path, stage, error
-    shards/<video_id>/<clip_id>/  the clip's videos and lossless masks/disparity
-    _rows/, _failures/, _videos/  per-clip / per-failure / per-video records the job writes as it
-                                  goes; the tables above are compacted from them, so a crashed
-                                  job resumes from exactly what was finished
+    manifest/part-<video_id>.parquet   clips table, one row per clip (what users query)
+    failures/part-<video_id>.parquet   what could not be used: path, stage, error
+    shards/<video_id>/<clip_id>/       the clip's videos and lossless masks/disparity
+    _rows/, _failures/, _videos/       per-clip / per-failure / per-video records the job writes
+                                       as it goes; the tables are compacted from them, so a
+                                       crashed job resumes from exactly what was finished
+    _job.json, _SUCCESS.json           the build's settings; the last run's summary
 """
 
 from __future__ import annotations
@@ -84,44 +85,87 @@ FAILURE_SCHEMA = pa.schema(
 )
 
 _TABLES = {"clips": ("manifest", "_rows", CLIP_SCHEMA), "failures": ("failures", "_failures", FAILURE_SCHEMA)}
+_SORT = {"clips": ["clip_id"], "failures": ["clip_id", "stage", "path"]}
 
 
 def read_records(root: str, folder: str) -> list[dict]:
     """All JSON records under ``root/folder`` (recursively), read in parallel."""
     paths = storage.list_files(storage.join(root, folder), (".json",))
-    with ThreadPoolExecutor(max_workers=16) as pool:
+    with ThreadPoolExecutor(max_workers=8) as pool:
         return list(pool.map(lambda p: json.loads(storage.read_bytes(p)), paths))
 
 
-def _to_table(records: list[dict], schema: pa.Schema, sort_key: str) -> pa.Table:
+def _to_table(records: list[dict], schema: pa.Schema, sort_keys: list[str]) -> pa.Table:
     frame = pd.DataFrame.from_records(records, columns=schema.names)
-    if len(frame):
-        frame = frame.sort_values([sort_key, "created_time"], kind="stable").reset_index(drop=True)
-    frame["created_time"] = pd.to_datetime(frame["created_time"], utc=True)
+    frame = frame.sort_values(sort_keys, kind="stable", na_position="first").reset_index(drop=True)
+    frame["created_time"] = pd.to_datetime(frame["created_time"], utc=True, format="ISO8601")
     return pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
 
 
-def compact_table(root: str, table: str = "clips") -> int:
-    """Rebuild ``manifest/`` (or ``failures/``) from the per-record files; returns the row count.
-
-    Deterministic: rows sorted by ID, so an interrupted-then-resumed job and an uninterrupted
-    one produce the same table.
-    """
+def _compact_video(root: str, table: str, vid: str) -> int:
     folder, records_folder, schema = _TABLES[table]
-    records = read_records(root, records_folder)
-    sort_key = "clip_id" if table == "clips" else "path"
-    arrow = _to_table(records, schema, sort_key)
+    part = storage.join(root, folder, f"part-{vid}.parquet")
+    paths = storage.list_files(storage.join(root, records_folder, vid), (".json",), recursive=False)
+    if not paths:
+        storage.delete_file(part)
+        return 0
+    if storage.exists(part):
+        fs, inner = storage.open_filesystem(part)
+        with fs.open_input_file(inner) as handle:
+            if pq.ParquetFile(handle).metadata.num_rows == len(paths):  # records are only ever added
+                return len(paths)
+    records = [json.loads(storage.read_bytes(p)) for p in paths]
     buffer = io.BytesIO()
-    pq.write_table(arrow, buffer, compression="zstd")
-    storage.write_bytes(storage.join(root, folder, "part-00000.parquet"), buffer.getvalue())
-    return arrow.num_rows
+    pq.write_table(_to_table(records, schema, _SORT[table]), buffer, compression="zstd")
+    storage.write_bytes(part, buffer.getvalue())
+    return len(records)
 
 
-def load_manifest(path: str | os.PathLike, table: str = "clips") -> pd.DataFrame:
-    """The corpus manifest (``table="clips"``) or failures (``"failures"``) as a DataFrame.
+def compact_table(root: str, table: str = "clips", workers: int = 8) -> int:
+    """Bring ``manifest/`` (or ``failures/``) up to date with the per-record files; returns the
+    table's row count.
 
-    ``path`` is a corpus root, its ``manifest/`` folder or a Parquet file; local or any
-    pyarrow URI. Example::
+    One Parquet part per source video (``part-<video_id>.parquet``, rows sorted by ID), built
+    from that video's records alone: memory holds one video's rows whatever the corpus size,
+    parts already up to date are not rewritten, and a resumed job ends with the same parts as
+    an uninterrupted one.
+    """
+    if table not in _TABLES:
+        raise ValueError(f"table must be one of {sorted(_TABLES)}, got {table!r}")
+    folder, records_folder, _ = _TABLES[table]
+    videos = set(storage.list_dirs(storage.join(root, records_folder)))
+    for path in storage.list_files(storage.join(root, folder), (".parquet",), recursive=False):
+        name = os.path.basename(path)
+        if name.startswith("part-"):
+            videos.add(name[len("part-") : -len(".parquet")])
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return sum(pool.map(lambda vid: _compact_video(root, table, vid), sorted(videos)))
+
+
+def _table_location(path: str, table: str) -> str | None:
+    folder = _TABLES[table][0]
+    if storage.exists(storage.join(path, folder)):
+        return storage.join(path, folder)
+    if table == "clips" and path.lower().endswith(".parquet") and storage.exists(path):
+        return path
+    if os.path.basename(path.rstrip("/")) == folder and storage.exists(path):
+        return path
+    return None
+
+
+def load_manifest(
+    path: str | os.PathLike,
+    table: str = "clips",
+    columns: list[str] | None = None,
+    filters: list | None = None,
+) -> pd.DataFrame:
+    """The corpus manifest (``table="clips"``, one row per clip) or its failures
+    (``table="failures"``: path, video_id, clip_id, stage, error) as a DataFrame sorted by ID.
+
+    ``path`` is a corpus root (local or any pyarrow URI), its ``manifest/`` folder or a Parquet
+    part. ``columns`` and ``filters`` (pyarrow DNF, e.g. ``[("hole_ratio", "<", 0.05)]``) are
+    pushed down to Parquet, so a query reads only what it needs. A corpus with no failures has an
+    empty failures table. Example::
 
         df = load_manifest("corpus/")
         calm = df[(df.hole_ratio < 0.05) & (df.motion_score < 2)]
@@ -130,15 +174,32 @@ def load_manifest(path: str | os.PathLike, table: str = "clips") -> pd.DataFrame
         raise ValueError(f"table must be one of {sorted(_TABLES)}, got {table!r}")
     folder, _, schema = _TABLES[table]
     path = os.fspath(path)
-    candidates = [storage.join(path, folder), path] if table == "clips" else [storage.join(path, folder)]
-    for candidate in candidates:
-        if storage.exists(candidate):
-            fs, inner = storage.open_filesystem(candidate)
-            dataset = pads.dataset(inner, filesystem=fs, format="parquet", schema=schema)
-            return dataset.to_table().to_pandas()
-    raise FileNotFoundError(
-        f"no {table} table under {path}: expected {candidates[0]} (run pipelines.build_dataset first)"
-    )
+    if columns is not None:
+        unknown = sorted(set(columns) - set(schema.names))
+        if unknown:
+            raise ValueError(
+                f"unknown {table} columns: {', '.join(unknown)} (known: {', '.join(schema.names)})"
+            )
+    location = _table_location(path, table)
+    if location is None:
+        built = storage.exists(storage.join(path, "_job.json")) or storage.exists(
+            storage.join(path, "manifest")
+        )
+        if table == "failures" and built:
+            empty = schema.empty_table()
+            return (empty.select(columns) if columns else empty).to_pandas()
+        raise FileNotFoundError(
+            f"no {table} table under {path}: expected {storage.join(path, folder)} "
+            "(build one with: python -m pipelines.build_dataset --input SRC --output DST)"
+        )
+    fs, inner = storage.open_filesystem(location)
+    dataset = pads.dataset(inner, filesystem=fs, format="parquet", schema=schema)
+    expression = pq.filters_to_expression(filters) if filters else None
+    frame = dataset.to_table(columns=columns, filter=expression).to_pandas()
+    keys = [k for k in _SORT[table] if k in frame.columns]
+    if keys and len(frame):
+        frame = frame.sort_values(keys, kind="stable", na_position="first").reset_index(drop=True)
+    return frame
 
 
 def summarize_manifest(clips: pd.DataFrame, failures: pd.DataFrame | None = None) -> str:
@@ -152,16 +213,17 @@ def summarize_manifest(clips: pd.DataFrame, failures: pd.DataFrame | None = None
             f"clips: {len(clips)} from {clips['video_id'].nunique()} videos, "
             f"{int(clips['num_frames'].sum())} frames, {hours:.2f} h"
         )
-        lines.append(
-            f"resolution: {', '.join(f'{w}x{h}' for w, h in sorted(set(zip(clips.width, clips.height))))}"
-        )
+        sizes = sorted(set(zip(clips.width, clips.height, strict=True)))
+        lines.append(f"resolution: {', '.join(f'{w}x{h}' for w, h in sizes)}")
         lines.append(f"depth models: {', '.join(sorted(clips['depth_model'].unique()))}")
         for column in ("hole_ratio", "motion_score", "disparity_p95"):
             q = clips[column].quantile([0.05, 0.5, 0.95])
             lines.append(f"{column}: p05 {q.iloc[0]:.3f}  median {q.iloc[1]:.3f}  p95 {q.iloc[2]:.3f}")
         lines.append(f"sources: {', '.join(f'{k} ({v})' for k, v in clips['source'].value_counts().items())}")
     if failures is not None:
-        lines.append(f"failures: {len(failures)}")
-        for stage, count in failures["stage"].value_counts().items() if len(failures) else []:
-            lines.append(f"  {stage}: {count}")
+        videos = failures["clip_id"].isna().sum() if len(failures) else 0
+        lines.append(f"failures: {len(failures)} ({videos} whole videos, {len(failures) - videos} clips)")
+        for stage, count in failures["stage"].value_counts().sort_index().items() if len(failures) else []:
+            example = failures.loc[failures["stage"] == stage, "error"].iloc[0]
+            lines.append(f"  {stage}: {count}  e.g. {example[:100]}")
     return "\n".join(lines)

@@ -3,13 +3,16 @@
 Encoders and decoders need local files, so inputs are copied to a local temporary file and
 outputs are written locally and then uploaded. Every output lands under its final name in one
 step (rename on local disk, a single PUT on object stores), so a crash never leaves a
-half-written file that looks complete.
+half-written file that looks complete. Local temporary names start with a dot and end with
+``.tmp-<random>``: readers (and pyarrow datasets) skip them, and :func:`remove_stale_temporaries`
+clears what a killed job left behind.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -19,17 +22,22 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 __all__ = [
+    "delete_file",
     "exists",
     "is_uri",
     "join",
+    "list_dirs",
     "list_files",
     "local_copy",
     "open_filesystem",
     "read_bytes",
+    "remove_stale_temporaries",
     "remove_tree",
     "upload",
     "write_bytes",
 ]
+
+_TEMPORARY = re.compile(r"^\..+\.tmp-[0-9a-f]{8}$")
 
 
 def is_uri(path: str) -> bool:
@@ -62,12 +70,17 @@ def read_bytes(path: str) -> bytes:
         return stream.read()
 
 
+def _temporary_name(path: str) -> str:
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+
+
 def write_bytes(path: str, data: bytes) -> None:
     """Write ``data`` so that ``path`` either does not exist or is complete."""
     fs, p = open_filesystem(path)
     if isinstance(fs, pafs.LocalFileSystem):
         Path(p).parent.mkdir(parents=True, exist_ok=True)
-        tmp = f"{p}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp = _temporary_name(p)
         try:
             with open(tmp, "wb") as fh:
                 fh.write(data)
@@ -86,13 +99,24 @@ def upload(local: str | os.PathLike, destination: str) -> None:
     fs, p = open_filesystem(destination)
     if isinstance(fs, pafs.LocalFileSystem):
         Path(p).parent.mkdir(parents=True, exist_ok=True)
-        tmp = f"{p}.tmp-{uuid.uuid4().hex[:8]}"
-        shutil.move(os.fspath(local), tmp)
-        os.replace(tmp, p)
+        tmp = _temporary_name(p)
+        try:
+            shutil.move(os.fspath(local), tmp)
+            os.replace(tmp, p)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
         return
     fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
     pafs.copy_files(os.fspath(local), p, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
     os.unlink(local)
+
+
+def delete_file(path: str) -> None:
+    """Delete ``path`` if it exists."""
+    fs, p = open_filesystem(path)
+    if fs.get_file_info(p).type == pafs.FileType.File:
+        fs.delete_file(p)
 
 
 @contextlib.contextmanager
@@ -109,18 +133,53 @@ def local_copy(path: str) -> Iterator[str]:
         yield local
 
 
-def list_files(root: str, suffixes: tuple[str, ...]) -> list[str]:
-    """Files under ``root`` (recursive) whose names end with one of ``suffixes``, sorted."""
-    fs, p = open_filesystem(root)
-    infos = fs.get_file_info(pafs.FileSelector(p, recursive=True, allow_not_found=True))
-    found = [i.path for i in infos if i.type == pafs.FileType.File and i.path.lower().endswith(suffixes)]
+def _with_scheme(root: str, found: list[str]) -> list[str]:
     if is_uri(str(root)):
         scheme = str(root).split("://", 1)[0]
         found = [f"{scheme}://{f}" if not is_uri(f) else f for f in found]
-    return sorted(found)
+    return found
+
+
+def list_files(root: str, suffixes: tuple[str, ...], recursive: bool = True) -> list[str]:
+    """Files under ``root`` whose names end with one of ``suffixes``, sorted (temporaries and
+    other hidden files excluded)."""
+    fs, p = open_filesystem(root)
+    infos = fs.get_file_info(pafs.FileSelector(p, recursive=recursive, allow_not_found=True))
+    found = [
+        i.path
+        for i in infos
+        if i.type == pafs.FileType.File
+        and i.path.lower().endswith(suffixes)
+        and not i.base_name.startswith(".")
+    ]
+    return sorted(_with_scheme(root, found))
+
+
+def list_dirs(root: str) -> list[str]:
+    """Names (not paths) of the folders directly under ``root``, sorted; none if it is missing."""
+    fs, p = open_filesystem(root)
+    infos = fs.get_file_info(pafs.FileSelector(p, recursive=False, allow_not_found=True))
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
 
 
 def remove_tree(path: str) -> None:
     fs, p = open_filesystem(path)
     if fs.get_file_info(p).type == pafs.FileType.Directory:
         fs.delete_dir(p)
+
+
+def remove_stale_temporaries(root: str) -> int:
+    """Delete temporary files a killed writer left under a local ``root``; returns how many.
+
+    Only for a root no other job is writing to. Object stores have none (one PUT per file).
+    """
+    if is_uri(root):
+        return 0
+    removed = 0
+    for folder, _, names in os.walk(root):
+        for name in names:
+            if _TEMPORARY.match(name):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(folder, name))
+                    removed += 1
+    return removed

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import torch
 
-__all__ = ["clip_ranges", "resize_and_crop"]
+__all__ = ["Clip", "ClipSplitter", "clip_ranges", "resize_and_crop"]
 
 
 def clip_ranges(
@@ -59,3 +60,71 @@ def resize_and_crop(frames: torch.Tensor, width: int, height: int) -> torch.Tens
         y0, x0 = (new_h - height) // 2, (new_w - width) // 2
         out.append(resized[y0 : y0 + height, x0 : x0 + width])
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
+
+
+@dataclass
+class Clip:
+    """A clip cut from a frame stream: frames ``[start, stop)`` of shot ``shot``.
+
+    ``frames`` ``[T,3,H,W]`` as pushed; ``start_time``/``end_time`` are the timestamps of the
+    first and last frame (seconds)."""
+
+    shot: int
+    start: int
+    stop: int
+    frames: torch.Tensor
+    start_time: float
+    end_time: float
+
+
+class ClipSplitter:
+    """Cuts a frame stream into the clips :func:`clip_ranges` plans, without knowing the length.
+
+    Push frames in order with their shot-cut flags; each push returns the clips it completed.
+    It holds at most ``clip_length`` frames, so memory does not grow with the video, and the
+    clips are exactly ``clip_ranges(cuts, total, clip_length, stride, min_length)``.
+    """
+
+    def __init__(self, clip_length: int, stride: int, min_length: int):
+        clip_ranges([], 0, clip_length, stride, min_length)  # validates the arguments
+        self.clip_length, self.stride, self.min_length = clip_length, stride, min_length
+        self.buffer: list[tuple[int, torch.Tensor, float]] = []  # (index, frame, timestamp)
+        self.index = -1  # index of the last frame pushed
+        self.shot = -1
+        self.shot_start = 0
+        self.next_start = 0  # start of the next window in this shot
+        self.covered = 0  # end of the last clip emitted in this shot
+
+    def push(self, frame: torch.Tensor, timestamp: float, cut: bool) -> list[Clip]:
+        self.index += 1
+        ready = []
+        if cut or self.shot < 0:
+            if self.index > 0:
+                ready.extend(self._tail(self.index))
+            self.shot += 1
+            self.shot_start = self.next_start = self.covered = self.index
+            self.buffer = []
+        if self.index >= self.next_start:
+            self.buffer.append((self.index, frame, timestamp))
+        if self.index + 1 - self.next_start == self.clip_length:
+            ready.append(self._make(self.next_start, self.index + 1))
+            self.next_start += self.stride
+            self.buffer = [b for b in self.buffer if b[0] >= self.next_start]
+        return ready
+
+    def finish(self) -> list[Clip]:
+        """The last shot's tail clip, if long enough; call once after the last frame."""
+        ready = self._tail(self.index + 1) if self.shot >= 0 else []
+        self.buffer = []
+        return ready
+
+    def _tail(self, stop: int) -> list[Clip]:
+        start = self.next_start
+        if self.covered >= stop or stop - start < self.min_length:  # nothing new, or too short
+            return []
+        return [self._make(start, stop)]
+
+    def _make(self, start: int, stop: int) -> Clip:
+        items = [b for b in self.buffer if start <= b[0] < stop]
+        self.covered = stop
+        return Clip(self.shot, start, stop, torch.stack([b[1] for b in items]), items[0][2], items[-1][2])
