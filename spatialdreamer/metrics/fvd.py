@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -109,7 +110,9 @@ def load_i3d(path: str | os.PathLike | None, device: str | torch.device = "cpu")
         raise FVDModelError(f"{hint} (not found: {file})")
     if _is_torchscript(file):
         log.info("loading TorchScript I3D from %s", file)
-        return torch.jit.load(str(file), map_location=device).eval()
+        with warnings.catch_warnings():  # deprecated in torch 2.13, still the format of the reference I3D
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return torch.jit.load(str(file), map_location=device).eval()
     if file.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -193,13 +196,14 @@ def video_features(
     videos = list(videos)
     if not videos:
         raise ValueError("need at least one video")
+    if masks is not None and len(masks) != len(videos):
+        raise ValueError(f"got {len(masks)} masks for {len(videos)} videos")
     clips = []
     for i, v in enumerate(videos):
         v = as_video(v, f"videos[{i}]")
-        if v.shape != as_video(videos[0]).shape:
-            raise ValueError(
-                f"all videos must share one shape [T,3,H,W], got {tuple(v.shape)} vs {tuple(videos[0].shape)}"
-            )
+        if v.shape[1] != 3 or (clips and v.shape != clips[0].shape):
+            first = tuple(clips[0].shape) if clips else "[T,3,H,W]"
+            raise ValueError(f"all videos must be [T,3,H,W] of one shape, got {tuple(v.shape)} vs {first}")
         m = masks[i] if masks is not None else None
         if m is not None:
             if m.shape != (v.shape[0], 1, *v.shape[2:]):

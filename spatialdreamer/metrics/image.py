@@ -43,7 +43,7 @@ def psnr(
         >>> round(psnr(a, b), 3)
         20.0
     """
-    pred, target, mask = as_video_pair(pred, target, mask)
+    pred, target, mask = as_video_pair(pred, target, mask, data_range)
     sq = (pred.double() - target.double()).pow(2).mean(1, keepdim=True)  # [T,1,H,W]
     if mask is None:
         mse = sq.flatten(1).mean(1)
@@ -89,7 +89,7 @@ def ssim_map(
     k2: float = 0.03,
 ) -> torch.Tensor:
     """Per-pixel SSIM ``[T,C,H,W]`` (full size, symmetric border padding as in scikit-image)."""
-    pred, target, _ = as_video_pair(pred, target)
+    pred, target, _ = as_video_pair(pred, target, data_range=data_range)
     kernel = _gaussian_kernel(sigma, 3.5, torch.float64)
     r = (kernel.numel() - 1) // 2
     t, c, h, w = pred.shape
@@ -127,7 +127,7 @@ def ssim(
         >>> round(ssim(a, a), 6)
         1.0
     """
-    pred, target, mask = as_video_pair(pred, target, mask)
+    pred, target, mask = as_video_pair(pred, target, mask, data_range)
     h, w = pred.shape[-2:]
     if h < 11 or w < 11:
         raise ValueError(f"SSIM needs frames of at least 11x11 pixels, got {h}x{w}")
