@@ -34,5 +34,13 @@ lint: setup
 bench: setup
 	$(PY) benchmarks/warp.py
 
+# Results table (CSV + Markdown) on the fixed-seed synth benchmark; weights via EVAL_ARGS, e.g.
+# make eval EVAL_ARGS="--pipeline ckpt/ --lpips-backbone alexnet.pth --lpips-weights alex.pth --i3d i3d.pt"
+EVAL_OUT ?= eval_out
+EVAL_ARGS ?=
+.PHONY: eval
+eval: setup
+	$(PY) -m pipelines.evaluate --out $(EVAL_OUT) $(EVAL_ARGS)
+
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

@@ -139,6 +139,7 @@ def evaluate(args: argparse.Namespace, config: dict) -> tuple[pd.DataFrame, pd.D
 
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = bool(args.verbose)
     parts = []
     if scenes:
         ds = ray.data.from_items([{"scene": s} for s in scenes], override_num_blocks=len(scenes))

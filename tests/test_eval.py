@@ -164,6 +164,25 @@ def test_score_video_of_the_ground_truth_is_perfect_and_at_the_e_warp_floor(benc
     assert whole["e_warp_x1e3"] == pytest.approx(row["e_warp_x1e3"], rel=1e-6)  # chunking is invisible
 
 
+def test_score_video_takes_a_pluggable_flow():
+    g = torch.Generator().manual_seed(0)
+    base = torch.nn.functional.interpolate(
+        torch.rand(1, 3, 12, 24, generator=g), size=(48, 96), mode="bicubic"
+    )
+    video = torch.stack([torch.roll(base[0].clamp(0, 1), 2 * t, dims=-1) for t in range(4)])[..., 8:-8]
+
+    def exact(source, target):  # frame_t(p) = frame_{t+1}(p + (2, 0)); backward is the opposite
+        flow = torch.zeros(source.shape[0], 2, *source.shape[-2:])
+        flow[:, 0] = 2.0 if torch.allclose(torch.roll(source, 2, -1)[..., 4:-4], target[..., 4:-4]) else -2.0
+        return flow
+
+    def still(source, target):
+        return torch.zeros(source.shape[0], 2, *source.shape[-2:])
+
+    assert score_video(video, video, flow_fn=exact)["e_warp_x1e3"] < 1e-6
+    assert score_video(video, video, flow_fn=still)["e_warp_x1e3"] > 1.0
+
+
 def test_score_files_names_mismatched_frame_counts_and_sizes(bench, tmp_path):
     gt = scene_files(bench, "bench_0003")["right"]
     scene = load_scene(bench, "bench_0003")

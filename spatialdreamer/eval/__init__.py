@@ -20,6 +20,7 @@ from spatialdreamer.eval.benchmark import (
     read_video,
     scene_files,
 )
+from spatialdreamer.eval.folders import evaluate_folders, notes_for, resolve_lpips
 from spatialdreamer.eval.harness import (
     COLUMNS,
     VideoPair,
@@ -54,13 +55,16 @@ __all__ = [
     "align_to",
     "build_baselines",
     "ensure_benchmark",
+    "evaluate_folders",
     "evaluate_pairs",
     "format_markdown",
     "list_videos",
     "load_scene",
+    "notes_for",
     "pair_videos",
     "pred_path",
     "read_video",
+    "resolve_lpips",
     "scene_files",
     "score_files",
     "score_video",

@@ -56,6 +56,7 @@ _PER_FRAME = ("psnr", "ssim", "lpips", "psnr_holes", "ssim_holes", "lpips_holes"
 VIDEO_SUFFIXES = (".mkv", ".mp4", ".mov", ".avi", ".webm", ".m4v")
 
 Extractor = Callable[[torch.Tensor], torch.Tensor]
+FlowFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class VideoScorer:
@@ -65,6 +66,8 @@ class VideoScorer:
         lpips_model: a loaded :class:`~spatialdreamer.metrics.LPIPS`, or ``None`` (no LPIPS).
         extractor: FVD feature extractor (videos ``[N,T,3,H,W]`` → ``[N,D]``), or ``None``.
         fvd_frames: frames from the start of each video that go into its FVD features.
+        flow_fn: optical flow ``(source [B,C,H,W], target) → [B,2,H,W]`` for E_warp; OpenCV DIS
+            by default.
 
     ``update(pred, target, holes)`` takes ``[T,3,H,W]`` float in [0, 1] chunks in order and an
     optional ``[T,1,H,W]`` bool hole mask (the ``*_holes`` scores). E_warp uses optical flow of
@@ -74,9 +77,14 @@ class VideoScorer:
     """
 
     def __init__(
-        self, lpips_model: LPIPS | None = None, extractor: Extractor | None = None, fvd_frames: int = 16
+        self,
+        lpips_model: LPIPS | None = None,
+        extractor: Extractor | None = None,
+        fvd_frames: int = 16,
+        flow_fn: FlowFn = dis_flow,
     ) -> None:
         self.lpips_model, self.extractor, self.fvd_frames = lpips_model, extractor, fvd_frames
+        self.flow_fn = flow_fn
         self.values: dict[str, list[torch.Tensor]] = {k: [] for k in _PER_FRAME}
         self.warp: list[torch.Tensor] = []
         self.warp_gt: list[torch.Tensor] = []
@@ -112,7 +120,7 @@ class VideoScorer:
             else (torch.cat([self.last[0], pred]), torch.cat([self.last[1], target]))
         )
         if p.shape[0] >= 2:
-            fwd, bwd = dis_flow(g[:-1], g[1:]), dis_flow(g[1:], g[:-1])
+            fwd, bwd = self.flow_fn(g[:-1], g[1:]), self.flow_fn(g[1:], g[:-1])
             self.warp.append(e_warp(p, flow=fwd, backward_flow=bwd, reduction="none"))
             self.warp_gt.append(e_warp(g, flow=fwd, backward_flow=bwd, reduction="none"))
         self.last = (pred[-1:], target[-1:])
@@ -159,11 +167,12 @@ def score_video(
     extractor: Extractor | None = None,
     fvd_frames: int = 16,
     chunk_size: int = 16,
+    flow_fn: FlowFn = dis_flow,
 ) -> dict[str, object]:
     """Score a whole predicted video ``[T,3,H,W]`` against ``target`` (see :class:`VideoScorer`)."""
     if pred.shape != target.shape:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
-    scorer = VideoScorer(lpips_model, extractor, fvd_frames)
+    scorer = VideoScorer(lpips_model, extractor, fvd_frames, flow_fn)
     for s in range(0, pred.shape[0], chunk_size):
         chunk_holes = None if holes is None else holes[s : s + chunk_size]
         scorer.update(pred[s : s + chunk_size], target[s : s + chunk_size], chunk_holes)
@@ -188,11 +197,12 @@ def score_files(
     extractor: Extractor | None = None,
     fvd_frames: int = 16,
     chunk_size: int = 16,
+    flow_fn: FlowFn = dis_flow,
 ) -> dict[str, object]:
     """Stream a predicted video, its ground truth and an optional mask video (white = hole) in
     step and score them. Frame counts and sizes must match: a mismatch is a one-line
     ``ValueError`` naming both."""
-    scorer = VideoScorer(lpips_model, extractor, fvd_frames)
+    scorer = VideoScorer(lpips_model, extractor, fvd_frames, flow_fn)
     streams = [_chunks(pred, chunk_size), _chunks(gt, chunk_size)]
     if mask is not None:
         streams.append(_chunks(mask, chunk_size))

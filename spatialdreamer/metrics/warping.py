@@ -5,8 +5,9 @@ warps frame t+1 onto frame t by optical flow, ``|·|²`` is the squared L2 norm 
 channels, and ``M_t`` keeps pixels whose flow passes a forward-backward consistency check
 (non-occluded), intersected with an optional mask. Flow defaults to OpenCV DIS on the scored
 video itself, or on a ``reference`` video (e.g. the ground truth) when given; exact flows can
-be passed in. RAFT is not provided (it needs torchvision-format weights and code we do not
-ship).
+be passed in, and any flow network plugs in as ``flow_fn``. RAFT is not built in: with no
+RAFT weights available offline we could not check a port against the reference flows, and
+an unchecked flow network would make E_warp numbers look authoritative when they are not.
 """
 
 from __future__ import annotations
