@@ -92,8 +92,11 @@ def prepare_output(
     removed = storage.remove_stale_temporaries(root)
     if removed:
         log.info("removed %d temporary files left by an interrupted run", removed)
-    job = {"config": config.content(), "config_hash": config.content_hash()}
-    storage.write_bytes(job_path, json.dumps(job, indent=2, sort_keys=True).encode())
+    job = json.dumps(
+        {"config": config.content(), "config_hash": config.content_hash()}, indent=2, sort_keys=True
+    )
+    if not storage.exists(job_path) or storage.read_bytes(job_path) != job.encode():
+        storage.write_bytes(job_path, job.encode())
 
 
 def _init_ray():
@@ -207,7 +210,9 @@ def build(
         "frames_per_second": round(frames / elapsed, 2) if elapsed > 0 else 0.0,
         "config_hash": config.content_hash(),
     }
-    storage.write_bytes(storage.join(root, "_SUCCESS.json"), json.dumps(summary, indent=2).encode())
+    success = storage.join(root, "_SUCCESS.json")
+    if pending or not storage.exists(success):  # a rerun with nothing to do leaves the corpus untouched
+        storage.write_bytes(success, json.dumps(summary, indent=2).encode())
     return summary
 
 

@@ -4,6 +4,7 @@ spatialdreamer convert IN OUT [--format full-sbs] [--depth-model ID|parallax] ..
 spatialdreamer synth OUT_DIR [--count 3] [--seconds 4]
 spatialdreamer demo [--out demo_out]
 spatialdreamer eval --pred DIR (--gt DIR | --benchmark DIR) [--masks DIR] [--left DIR]
+spatialdreamer manifest CORPUS [--query EXPR] [--failures]
 """
 
 from __future__ import annotations
@@ -215,6 +216,22 @@ def _run_eval(args) -> int:
     return 1 if len(failed) else 0
 
 
+def _add_manifest(sub) -> None:
+    p = sub.add_parser("manifest", help="summarise a stereo corpus built by pipelines.build_dataset")
+    p.add_argument("corpus", help="corpus root (local path or URI)")
+    p.add_argument("--query", default=None, help="pandas query over the clips, e.g. 'hole_ratio < 0.05'")
+    p.add_argument("--failures", action="store_true", help="list the failures (path, stage, error)")
+    p.add_argument("--head", type=int, default=10, help="rows to show for --query / --failures")
+    p.set_defaults(func=_run_manifest)
+
+
+def _run_manifest(args) -> int:
+    from spatialdreamer.data.manifest import describe_corpus
+
+    print(describe_corpus(args.corpus, query=args.query, failures=args.failures, head=args.head))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spatialdreamer", description="Monocular video to stereo video.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details and show tracebacks")
@@ -223,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synth(sub)
     _add_demo(sub)
     _add_eval(sub)
+    _add_manifest(sub)
     return parser
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "CLIP_SCHEMA",
     "FAILURE_SCHEMA",
     "compact_table",
+    "describe_corpus",
     "load_manifest",
     "read_records",
     "summarize_manifest",
@@ -226,4 +227,36 @@ def summarize_manifest(clips: pd.DataFrame, failures: pd.DataFrame | None = None
         for stage, count in failures["stage"].value_counts().sort_index().items() if len(failures) else []:
             example = failures.loc[failures["stage"] == stage, "error"].iloc[0]
             lines.append(f"  {stage}: {count}  e.g. {example[:100]}")
+    return "\n".join(lines)
+
+
+def describe_corpus(root: str, query: str | None = None, failures: bool = False, head: int = 10) -> str:
+    """What ``spatialdreamer manifest`` prints: the last build's figures, the manifest summary,
+    and optionally the clips matching a pandas ``query`` or the failures."""
+    root = os.fspath(root)
+    clips = load_manifest(root)
+    failed = load_manifest(root, table="failures")
+    lines = [f"corpus: {root}"]
+    success = storage.join(root, "_SUCCESS.json")
+    if storage.exists(success):
+        last = json.loads(storage.read_bytes(success))
+        lines.append(
+            f"last build: {last.get('videos')} videos, {last.get('clips_written')} clips written in "
+            f"{last.get('wall_seconds')} s ({last.get('frames_per_second')} frames/s), "
+            f"config {last.get('config_hash')}"
+        )
+    lines.append(summarize_manifest(clips, failed))
+    if query:
+        try:
+            matches = clips.query(query)
+        except Exception as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ValueError(f"bad --query {query!r}: {reason}") from exc
+        lines.append(f"\nquery {query!r}: {len(matches)} of {len(clips)} clips")
+        if len(matches):
+            shown = matches[["clip_id", "source", "hole_ratio", "motion_score", "disparity_p95", "rgb_path"]]
+            lines.append(shown.head(head).to_string(index=False))
+    if failures and len(failed):
+        lines.append("")
+        lines.append(failed[["path", "stage", "error"]].head(head).to_string(index=False, max_colwidth=80))
     return "\n".join(lines)

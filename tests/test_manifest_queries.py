@@ -1,0 +1,153 @@
+"""The corpus manifest as users see it: load_manifest, pandas queries, compaction, the CLI."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from pipelines.build_dataset import build, load_config
+from spatialdreamer.cli.main import main as cli
+from spatialdreamer.data import CLIP_SCHEMA, FAILURE_SCHEMA, load_manifest, summarize_manifest
+from spatialdreamer.data.manifest import compact_table
+from spatialdreamer.synth import random_spec
+from spatialdreamer.synth.videos import write_scene
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Three synth videos from two sources plus one broken file, built in-process."""
+    root = tmp_path_factory.mktemp("manifest")
+    videos = root / "videos"
+    for seed in range(3):
+        write_scene(random_spec(seed, height=80, width=128, frames=24), videos, f"s{seed}")
+    (videos / "broken.mp4").write_bytes(b"\x00" * 1000)
+    listing = root / "inputs.csv"
+    listing.write_text(
+        "path,source,license,tags\n"
+        "videos/s0.mp4,films,CC-BY,night;fast\n"
+        "videos/s1.mp4,films,CC-BY,day\n"
+        "videos/s2.mp4,shorts,CC0,\n"
+        "videos/broken.mp4,shorts,CC0,\n"
+    )
+    out = root / "corpus"
+    build(str(listing), str(out), load_config("tiny"), in_process=True)
+    return out
+
+
+def test_manifest_has_the_documented_schema_one_row_per_clip(corpus):
+    clips = load_manifest(str(corpus))
+    assert list(clips.columns) == CLIP_SCHEMA.names
+    assert len(clips) == 9 and clips["clip_id"].is_unique
+    assert list(clips["clip_id"]) == sorted(clips["clip_id"])
+    assert set(clips["source"]) == {"films", "shorts"} and set(clips["license"]) == {"CC-BY", "CC0"}
+    first = clips.iloc[0]
+    assert first.end_frame - first.start_frame == first.num_frames == 8
+    assert first.duration == pytest.approx(8 / first.fps)
+    assert str(clips["created_time"].dtype).startswith("datetime64") and first.depth_model == "parallax"
+    assert (clips.disparity_p05 <= clips.disparity_p50).all() and (
+        clips.disparity_p50 <= clips.disparity_p95
+    ).all()
+    assert clips.config_hash.nunique() == 1
+
+
+def test_load_manifest_from_root_folder_part_and_uri(corpus):
+    whole = load_manifest(str(corpus))
+    pd.testing.assert_frame_equal(load_manifest(str(corpus / "manifest")), whole)
+    pd.testing.assert_frame_equal(load_manifest(f"file://{corpus}"), whole)
+    part = next((corpus / "manifest").glob("part-*.parquet"))
+    one = load_manifest(str(part))
+    assert set(one["video_id"]) == {part.stem[len("part-") :]} and len(one) == 3
+
+
+def test_documented_pandas_queries(corpus):
+    df = load_manifest(str(corpus))
+    calm = df[(df.hole_ratio < df.hole_ratio.median()) & (df.motion_score < df.motion_score.max())]
+    assert 0 < len(calm) < len(df)
+    assert len(df[df.source == "films"]) == 6
+    assert len(df[df.tags.map(lambda tags: "night" in tags)]) == 3
+    per_source = df.groupby("source")["duration"].sum()
+    assert per_source["films"] == pytest.approx(2 * per_source["shorts"])
+    assert df.sort_values("hole_ratio").iloc[0].hole_ratio == df.hole_ratio.min()
+    paths = (str(corpus) + "/" + df["rgb_path"]).tolist()
+    assert all(pd.Series(paths).map(lambda p: p.endswith("rgb.mp4")))
+
+
+def test_columns_and_filters_are_pushed_down(corpus):
+    full = load_manifest(str(corpus))
+    cut = float(full.hole_ratio.median())
+    some = load_manifest(str(corpus), columns=["clip_id", "hole_ratio"], filters=[("hole_ratio", "<", cut)])
+    assert list(some.columns) == ["clip_id", "hole_ratio"]
+    assert list(some.clip_id) == list(full[full.hole_ratio < cut].clip_id)
+    with pytest.raises(ValueError, match="unknown clips columns: holes"):
+        load_manifest(str(corpus), columns=["holes"])
+
+
+def test_failures_table(corpus, tmp_path):
+    failures = load_manifest(str(corpus), table="failures")
+    assert list(failures.columns) == FAILURE_SCHEMA.names
+    assert len(failures) == 1 and failures.iloc[0].stage == "probe"
+    assert failures.iloc[0].path.endswith("broken.mp4") and "not a readable video" in failures.iloc[0].error
+    with pytest.raises(ValueError, match="table must be one of"):
+        load_manifest(str(corpus), table="shards")
+    with pytest.raises(FileNotFoundError, match="no clips table"):
+        load_manifest(str(tmp_path))
+
+
+def test_a_corpus_without_failures_has_an_empty_failures_table(corpus, tmp_path):
+    clean = tmp_path / "clean"
+    build(str(corpus.parent / "videos" / "s2.mp4"), str(clean), load_config("tiny"), in_process=True)
+    failures = load_manifest(str(clean), table="failures")
+    assert len(failures) == 0 and list(failures.columns) == FAILURE_SCHEMA.names
+    assert "failures: 0" in summarize_manifest(load_manifest(str(clean)), failures)
+
+
+def test_compaction_rewrites_only_stale_parts_and_drops_empty_ones(corpus, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(corpus, copy)
+    parts = sorted((copy / "manifest").glob("part-*.parquet"))
+    stamps = {p: p.stat().st_mtime_ns for p in parts}
+    assert compact_table(str(copy), "clips") == 9
+    assert all(p.stat().st_mtime_ns == stamps[p] for p in parts)  # up to date: untouched
+    vid = parts[0].stem[len("part-") :]
+    dropped = sorted((copy / "_rows" / vid).glob("*.json"))[0]
+    dropped.unlink()
+    assert compact_table(str(copy), "clips") == 8
+    assert len(load_manifest(str(copy))) == 8 and dropped.stem not in set(load_manifest(str(copy)).clip_id)
+    assert all(p.stat().st_mtime_ns == stamps[p] for p in parts[1:])
+    shutil.rmtree(copy / "_failures")
+    assert compact_table(str(copy), "failures") == 0
+    assert not list((copy / "failures").glob("*.parquet"))
+
+
+def test_retry_failed_forgets_failures_and_tries_again(corpus, tmp_path):
+    videos = corpus.parent / "videos"
+    inputs = tmp_path / "inputs.csv"
+    inputs.write_text(f"path\n{videos / 's2.mp4'}\n{videos / 'broken.mp4'}\n")
+    out = str(tmp_path / "corpus")
+    first = build(str(inputs), out, load_config("tiny"), in_process=True)
+    assert (first["videos_processed"], first["failures"]) == (2, 1)
+    plain = build(str(inputs), out, load_config("tiny"), in_process=True)
+    assert plain["videos_processed"] == 0  # a recorded failure is not retried by default
+    again = build(str(inputs), out, load_config("tiny"), in_process=True, retry_failed=True)
+    assert (again["videos_processed"], again["clips_written"], again["failures"]) == (1, 0, 1)
+
+
+def test_manifest_command_prints_summary_query_and_failures(corpus, capsys):
+    assert cli(["manifest", str(corpus)]) == 0
+    out = capsys.readouterr().out
+    assert "clips: 9 from 3 videos, 72 frames" in out and "failures: 1 (1 whole videos, 0 clips)" in out
+    assert "sources: films (6), shorts (3)" in out and "last build: 4 videos" in out
+    assert cli(["manifest", str(corpus), "--query", "source == 'shorts'", "--failures"]) == 0
+    out = capsys.readouterr().out
+    assert "query \"source == 'shorts'\": 3 of 9 clips" in out and "broken.mp4" in out
+
+
+def test_manifest_command_errors_are_one_line(corpus, tmp_path, capsys):
+    assert cli(["manifest", str(tmp_path / "none")]) == 1
+    assert cli(["manifest", str(corpus), "--query", "hole_ratio <"]) == 1
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2
+    assert errors[0].startswith("spatialdreamer manifest: error: no clips table")
+    assert errors[1].startswith("spatialdreamer manifest: error: bad --query")
