@@ -88,6 +88,14 @@ def _external_rows(
     return rows
 
 
+def _pool(sizes) -> object:
+    """An actor pool of ``[min, max]`` actors (one number: a fixed size)."""
+    import ray
+
+    low, high = (int(sizes), int(sizes)) if isinstance(sizes, int) else (int(sizes[0]), int(sizes[-1]))
+    return ray.data.ActorPoolStrategy(min_size=low, max_size=high)
+
+
 def _row(scene: str, method: str, pred: Path, gt: Path, mask: Path | None) -> dict:
     return {
         "scene": scene,
@@ -156,7 +164,7 @@ def evaluate(args: argparse.Namespace, config: dict) -> tuple[pd.DataFrame, pd.D
                 },
                 batch_size=1,
                 num_cpus=1,
-                concurrency=tuple(config["predict_concurrency"]),
+                compute=_pool(config["predict_concurrency"]),
             )
         )
     if external:
@@ -172,7 +180,7 @@ def evaluate(args: argparse.Namespace, config: dict) -> tuple[pd.DataFrame, pd.D
         },
         batch_size=1,
         num_cpus=1,
-        concurrency=tuple(config["score_concurrency"]),
+        compute=_pool(config["score_concurrency"]),
     )
     per_video = pd.DataFrame(ds.take_all())
     per_video = per_video.sort_values(["method", "scene"], kind="stable").reset_index(drop=True)
