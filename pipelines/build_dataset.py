@@ -99,21 +99,23 @@ def prepare_output(
         storage.write_bytes(job_path, job.encode())
 
 
-def _init_ray():
+def _init_ray(address: str | None = None):
     import ray
 
     if not ray.is_initialized():
         # RAY_ADDRESS, when set, names the cluster; otherwise Ray starts an embedded local one.
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False)
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or None, include_dashboard=False)
     return ray
 
 
-def run_stages(pending: list[dict], root: str, config: CorpusConfig) -> tuple[int, int]:
+def run_stages(
+    pending: list[dict], root: str, config: CorpusConfig, ray_address: str | None = None
+) -> tuple[int, int]:
     """The Ray Data chain over the videos still to do; returns ``(clips, frames)`` written.
 
     Streaming end to end (no groupby, sort or materialize): memory holds a few blocks per stage.
     """
-    ray = _init_ray()
+    ray = _init_ray(ray_address)
     from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
 
     context = DataContext.get_current()
@@ -172,10 +174,12 @@ def build(
     retry_failed: bool = False,
     limit: int | None = None,
     in_process: bool = False,
+    ray_address: str | None = None,
 ) -> dict:
     """Build (or resume) the corpus at ``root`` from ``source``; returns the summary it prints.
 
-    ``in_process`` runs the same stages in a plain loop without Ray (debugging, benchmarks).
+    ``in_process`` runs the same stages in a plain loop without Ray (debugging, benchmarks);
+    ``ray_address`` ("local" = embedded) overrides RAY_ADDRESS when Ray is not started yet.
     """
     began = time.perf_counter()
     sources = list_sources(source)
@@ -191,7 +195,7 @@ def build(
 
         clips, frames = build_in_process(pending, root, config)
     elif pending:
-        clips, frames = run_stages(pending, root, config)
+        clips, frames = run_stages(pending, root, config, ray_address)
     total_clips = compact_table(root, "clips")
     total_failures = compact_table(root, "failures")
     failures = load_manifest(root, table="failures", columns=["clip_id"])

@@ -3,7 +3,9 @@
 1. writes procedural stereo videos (with an audio track) to ``OUT/videos``;
 2. runs DVG on one scene's exact depth and prints warp quality against its true right view;
    writes a preview video (source | right view with holes | warp-back view | its mask);
-3. converts a video to full side-by-side stereo with the weight-free depth backend.
+3. converts a video to full side-by-side stereo with the weight-free depth backend;
+4. builds a small stereo training corpus from the synth videos with the Ray Data job
+   (``pipelines.build_dataset``, ``demo`` config, embedded Ray) and prints its manifest summary.
 """
 
 from __future__ import annotations
@@ -59,23 +61,39 @@ def run_demo(out_dir: str | os.PathLike = "demo_out", count: int = 3) -> dict:
     out = Path(out_dir)
     began = time.perf_counter()
     videos = out / "videos"
-    print(f"[1/3] writing {count} synth stereo videos to {videos} ...")
+    print(f"[1/4] writing {count} synth stereo videos to {videos} ...")
     paths = []
     for seed in range(count):
         spec = random_spec(seed, height=_SIZE[0], width=_SIZE[1], frames=int(_SECONDS * _FPS), fps=_FPS)
         paths.append(write_scene(spec, videos, f"synth_{seed:04d}").left)
 
-    print("[2/3] DVG on exact depth: forward warp vs the true right view, warp-back pairs ...")
+    print("[2/4] DVG on exact depth: forward warp vs the true right view, warp-back pairs ...")
     dvg = _dvg_preview(out / "dvg", seed=0)
     print(
         f"      PSNR on visible pixels {dvg['psnr_visible']:.2f} dB, hole IoU vs true occlusion "
         f"{dvg['hole_iou']:.3f}; preview {dvg['preview']}"
     )
 
-    print("[3/3] converting a video to stereo (depth: weight-free 'parallax' fallback) ...")
+    print("[3/4] converting a video to stereo (depth: weight-free 'parallax' fallback) ...")
     report = convert_video(
         paths[0], out / "stereo", ConvertOptions(depth_model="parallax", format="full-sbs")
     )
     print(f"      {report.frames} frames at {report.fps:.1f} frames/s -> {report.output}")
+
+    corpus = _demo_corpus(videos, out / "corpus")
     print(f"done in {time.perf_counter() - began:.0f} s. Results are in {out.resolve()}")
-    return {"videos": [str(p) for p in paths], "dvg": dvg, "stereo": str(report.output)}
+    return {"videos": [str(p) for p in paths], "dvg": dvg, "stereo": str(report.output), "corpus": corpus}
+
+
+def _demo_corpus(videos: Path, root: Path) -> dict:
+    """Step 4: the corpus job (the project's main job) on the embedded Ray, demo config."""
+    from pipelines.build_dataset import build, format_summary, load_config
+    from spatialdreamer.data import load_manifest, summarize_manifest
+
+    print("[4/4] building a stereo training corpus with the Ray Data job (embedded Ray, 'demo' config) ...")
+    summary = build(str(videos), str(root), load_config("demo"), overwrite=True, ray_address="local")
+    print(format_summary(summary))
+    print(summarize_manifest(load_manifest(str(root)), load_manifest(str(root), table="failures")))
+    print(f"      corpus at {root.resolve()}; query it with spatialdreamer.data.load_manifest or")
+    print(f"      `spatialdreamer manifest {root}` (see manifests/README.md)")
+    return {"root": str(root), **summary}
