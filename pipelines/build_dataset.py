@@ -224,7 +224,7 @@ def format_summary(summary: dict) -> str:
     return "\n".join(f"{key:>20}: {value}" for key, value in summary.items())
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.build_dataset",
         description=__doc__,
@@ -249,7 +249,11 @@ def main(argv: list[str] | None = None) -> int:
         "--in-process", action="store_true", help="run the stages in one process, without Ray"
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log details and show tracebacks")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
