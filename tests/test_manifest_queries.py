@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
 from pipelines.build_dataset import build, load_config
 from spatialdreamer.cli.main import main as cli
 from spatialdreamer.data import CLIP_SCHEMA, FAILURE_SCHEMA, load_manifest, summarize_manifest
+from spatialdreamer.data.corpus import list_sources
 from spatialdreamer.data.manifest import compact_table
 from spatialdreamer.synth import random_spec
 from spatialdreamer.synth.videos import write_scene
@@ -151,3 +155,32 @@ def test_manifest_command_errors_are_one_line(corpus, tmp_path, capsys):
     assert len(errors) == 2
     assert errors[0].startswith("spatialdreamer manifest: error: no clips table")
     assert errors[1].startswith("spatialdreamer manifest: error: bad --query")
+
+
+README = Path(__file__).resolve().parents[1] / "manifests" / "README.md"
+
+
+def test_schema_doc_lists_every_column():
+    text = README.read_text()
+    documented = set(re.findall(r"`([a-z_0-9]+)`", text))
+    assert set(CLIP_SCHEMA.names) <= documented
+    assert set(FAILURE_SCHEMA.names) <= documented
+
+
+def test_schema_doc_queries_run_on_a_real_corpus(corpus):
+    (block,) = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    namespace: dict = {}
+    exec(block.replace('"corpus/"', repr(f"{corpus}/")), namespace)  # noqa: S102 - our own doc
+    df = namespace["df"]
+    assert len(df) == 9 and len(namespace["films"]) == 6 and len(namespace["night"]) == 3
+    assert len(namespace["open_licensed"]) == 9
+    assert set(namespace["per_source"].index) == {"films", "shorts"}
+    assert list(namespace["slim"].columns) == ["clip_id", "rgb_path", "hole_ratio"]
+    assert Path(namespace["rgb_file"]).is_file()
+    assert namespace["by_stage"].to_dict() == {"probe": 1}
+
+
+def test_example_input_manifest_lists_its_videos():
+    rows = list_sources(str(README.parent / "example_inputs.csv"))
+    assert len(rows) == 4 and all(r["path"].startswith("s3://my-bucket/videos/") for r in rows)
+    assert rows[3]["tags"] == ["fast-motion", "occlusion", "handheld"] and rows[0]["source"] == "films"
