@@ -1,0 +1,386 @@
+"""The training step and the per-worker loop, as plain torch (a Ray job or a script drives them).
+
+Distributed training is data parallel: when ``torch.distributed`` is initialised with more than
+one process (Ray's ``TorchTrainer`` does that), the loss module — denoiser, RefinerNet and the
+frozen VAE behind :func:`training_losses` — is wrapped in one ``DistributedDataParallel``.
+Wrapping the U-Nets separately would not work: RefinerNet's output is unused (its features
+reach the loss through the attention bank), so DDP would wait forever for its tail's gradients;
+seen from the loss, those parameters are simply unused (``find_unused_parameters=True``).
+
+Everything random is derived from ``(seed, step, rank)``, so a run resumed from a checkpoint
+continues exactly as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Sampler
+
+from spatialdreamer.data.dataset import SAMPLE_KEYS, StereoClipDataset
+from spatialdreamer.models.configs import build_pipeline
+from spatialdreamer.models.denoiser import SpatialDreamerDenoiser
+from spatialdreamer.models.losses import training_losses
+from spatialdreamer.models.pipeline import SpatialDreamerPipeline, encode_condition_embeddings
+from spatialdreamer.models.refinernet import RefinerNet
+from spatialdreamer.train.checkpoint import STATE_DIR, load_optimizer_state, save_optimizer_state
+from spatialdreamer.train.config import TrainConfig
+
+__all__ = ["LossModule", "StepBatchSampler", "Trainer", "learning_rate_at", "make_loader", "run_worker"]
+
+log = logging.getLogger("spatialdreamer.train")
+
+ReportFn = Callable[[dict, str | None], None]
+
+
+def learning_rate_at(config: TrainConfig, step: int) -> float:
+    """Linear warm-up, then constant or cosine decay to ``min_lr_ratio``; stateless, so resuming
+    needs no scheduler state."""
+    base = config.learning_rate
+    if config.warmup_steps and step < config.warmup_steps:
+        return base * (step + 1) / config.warmup_steps
+    if config.lr_schedule == "constant":
+        return base
+    span = max(1, config.steps - config.warmup_steps)
+    progress = min(1.0, (step - config.warmup_steps) / span)
+    floor = config.min_lr_ratio
+    return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + step * 7919 + rank * 104_729) % (2**63)
+
+
+class StepBatchSampler(Sampler[list[int]]):
+    """Batches of dataset indices for steps ``start_step … total_steps − 1`` of one rank.
+
+    Per epoch the indices are shuffled with ``seed + epoch`` and dealt out like
+    ``DistributedSampler`` (padded by wrapping so every rank gets the same count); a rank's
+    samples form one endless stream over epochs, and step ``s`` takes items
+    ``[s·B, (s+1)·B)`` of it. Any step's batch is computable directly, so a resumed run reads
+    exactly the batches the uninterrupted run would have, without replaying the others.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        start_step: int = 0,
+        total_steps: int,
+    ) -> None:
+        if num_samples < 1:
+            raise ValueError("the dataset is empty")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world size {world_size}")
+        self.n, self.batch_size, self.rank, self.world_size = num_samples, batch_size, rank, world_size
+        self.seed, self.start_step, self.total_steps = seed, start_step, total_steps
+        self.per_rank = math.ceil(num_samples / world_size)
+        self._epoch: tuple[int, list[int]] | None = None
+
+    def _shard(self, epoch: int) -> list[int]:
+        if self._epoch is None or self._epoch[0] != epoch:
+            g = torch.Generator().manual_seed(self.seed + epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+            total = self.per_rank * self.world_size
+            order = (order * math.ceil(total / self.n))[:total]
+            self._epoch = (epoch, order[self.rank : total : self.world_size])
+        return self._epoch[1]
+
+    def batch_for_step(self, step: int) -> list[int]:
+        first = step * self.batch_size
+        return [
+            self._shard(i // self.per_rank)[i % self.per_rank] for i in range(first, first + self.batch_size)
+        ]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.start_step, self.total_steps):
+            yield self.batch_for_step(step)
+
+    def __len__(self) -> int:
+        return max(0, self.total_steps - self.start_step)
+
+
+def make_loader(
+    dataset: StereoClipDataset,
+    config: TrainConfig,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    start_step: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A DataLoader yielding one batch per remaining step (worker processes decode shards)."""
+    sampler = StepBatchSampler(
+        len(dataset),
+        config.batch_size,
+        rank=rank,
+        world_size=world_size,
+        seed=config.seed,
+        start_step=start_step,
+        total_steps=config.steps,
+    )
+    workers = config.data_workers
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        prefetch_factor=2 if workers else None,
+    )
+
+
+class LossModule(torch.nn.Module):
+    """Denoiser + RefinerNet + frozen VAE behind one ``forward`` returning the loss dict (the
+    unit DDP wraps)."""
+
+    def __init__(self, pipe: SpatialDreamerPipeline, stereo_loss_weight: float) -> None:
+        super().__init__()
+        self.unet, self.refinernet, self.vae = pipe.unet, pipe.refinernet, pipe.vae
+        self.image_encoder = pipe.image_encoder
+        self.scheduler = pipe.scheduler
+        self.stereo_loss_weight = stereo_loss_weight
+
+    def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        context = encode_condition_embeddings(
+            self.image_encoder, batch["reference"], self.unet.config.cross_attention_dim
+        )
+        return training_losses(
+            batch,
+            unet=self.unet,
+            refinernet=self.refinernet,
+            vae=self.vae,
+            scheduler=self.scheduler,
+            stereo_loss_weight=self.stereo_loss_weight,
+            encoder_hidden_states=context,
+            generator=generator,
+        )
+
+
+def _amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or mode == "no":
+        return None
+    if mode == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}[mode]
+
+
+class Trainer:
+    """One worker's model, optimizer and step counter.
+
+    Trainable: the denoiser and RefinerNet (fp32 master weights, AdamW). Frozen: the VAE and the
+    image encoder. On CUDA the forward runs under autocast (bf16, or fp16 with a grad scaler).
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        device: str | torch.device = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
+        pipeline: SpatialDreamerPipeline | None = None,
+    ) -> None:
+        self.config, self.rank, self.world_size = config, rank, world_size
+        self.device = torch.device(device)
+        pipe = pipeline or build_pipeline(config.model, pretrained=config.pretrained, seed=config.seed)
+        pipe.to(self.device)
+        for frozen in (pipe.vae, pipe.image_encoder):
+            if frozen is not None:
+                frozen.requires_grad_(False).eval()
+        pipe.unet.train()
+        pipe.refinernet.train()
+        self.pipe = pipe
+        self.module = LossModule(pipe, config.lambda_d)
+        named = [(n, p) for n, p in self.module.named_parameters() if p.requires_grad]
+        self.param_names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+        self.optimizer = torch.optim.AdamW(
+            self.params,
+            lr=learning_rate_at(config, 0),
+            betas=config.adam_betas,
+            eps=config.adam_eps,
+            weight_decay=config.weight_decay,
+        )
+        self.amp_dtype = _amp_dtype(config.mixed_precision, self.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.model: torch.nn.Module = self.module
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            device_ids = [self.device] if self.device.type == "cuda" else None
+            self.model = DistributedDataParallel(
+                self.module, device_ids=device_ids, find_unused_parameters=True
+            )
+        self.step = 0
+        self.skipped_steps = 0
+
+    def to_device(self, batch: dict) -> dict[str, torch.Tensor]:
+        return {k: batch[k].to(self.device, non_blocking=True) for k in SAMPLE_KEYS}
+
+    def train_step(self, batch: dict) -> dict[str, float]:
+        """One optimizer step on ``batch`` (collated samples); returns floats for logging.
+
+        A step whose gradient norm is not finite (identical on all ranks after the all-reduce)
+        is skipped on every rank rather than corrupting the weights.
+        """
+        lr = learning_rate_at(self.config, self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        generator = torch.Generator().manual_seed(_step_seed(self.config.seed, self.step, self.rank))
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.amp_dtype)
+            if self.amp_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            losses = self.model(self.to_device(batch), generator)
+        self.scaler.scale(losses["loss"]).backward()
+        self.scaler.unscale_(self.optimizer)
+        max_norm = self.config.max_grad_norm or float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        if torch.isfinite(grad_norm):
+            self.scaler.step(self.optimizer)
+        else:
+            self.skipped_steps += 1
+            log.warning("step %d: non-finite gradient norm, update skipped", self.step)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        out = {k: float(v.detach()) for k, v in losses.items()}
+        return out | {"lr": lr, "grad_norm": float(grad_norm)}
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def save_checkpoint(self, folder: str, metrics: dict | None = None) -> str:
+        """Write a checkpoint folder (pipeline + optimizer state); call on one rank only."""
+        self.pipe.save_pretrained(folder, safe_serialization=True)
+        extra = {
+            "step": self.step,
+            "skipped_steps": self.skipped_steps,
+            "world_size": self.world_size,
+            "config": self.config.to_dict(),
+            "grad_scaler": {k: float(v) for k, v in self.scaler.state_dict().items()},
+            "metrics": metrics or {},
+        }
+        save_optimizer_state(os.path.join(folder, STATE_DIR), self.optimizer, self.param_names, extra)
+        return folder
+
+    def load_checkpoint(self, folder: str) -> dict:
+        """Restore weights, optimizer, scaler and step from ``folder``; returns its state."""
+        for name, cls in (("unet", SpatialDreamerDenoiser), ("refinernet", RefinerNet)):
+            path = os.path.join(folder, name)
+            if not os.path.isdir(path):
+                raise FileNotFoundError(f"checkpoint {folder} has no {name}/ folder")
+            loaded = cls.from_pretrained(path).state_dict()
+            getattr(self.pipe, name).load_state_dict(loaded, strict=True)
+        state = load_optimizer_state(os.path.join(folder, STATE_DIR), self.optimizer, self.param_names)
+        if self.scaler.is_enabled() and state.get("grad_scaler"):
+            scaler = state["grad_scaler"]
+            scaler["_growth_tracker"] = int(scaler.get("_growth_tracker", 0))
+            self.scaler.load_state_dict(scaler)
+        self.step = int(state["step"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        return state
+
+
+def _mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    t /= dist.get_world_size()
+    return dict(zip(keys, t.tolist(), strict=True))
+
+
+def run_worker(
+    config: TrainConfig,
+    corpus: str,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    device: str | torch.device = "cpu",
+    resume_from: str | None = None,
+    report: ReportFn | None = None,
+    pipeline: SpatialDreamerPipeline | None = None,
+) -> dict:
+    """Train one worker from ``resume_from`` (or scratch) up to ``config.steps``.
+
+    ``report(metrics, checkpoint_dir)`` is called on every rank at the same steps — every
+    ``log_every`` steps (``checkpoint_dir`` None) and every ``checkpoint_every`` steps and at
+    the end (rank 0 passes a folder it deletes after ``report`` returns, so ``report`` must copy
+    or upload it). Returns the last metrics.
+    """
+    trainer = Trainer(config, device=device, rank=rank, world_size=world_size, pipeline=pipeline)
+    start = 0
+    if resume_from:
+        start = int(trainer.load_checkpoint(resume_from)["step"])
+        if rank == 0:
+            log.info("resumed from %s at step %d", resume_from, start)
+    dataset = StereoClipDataset(
+        corpus, config.frames, config.size, query=config.query, stride=config.frame_stride
+    )
+    if rank == 0:
+        log.info(
+            "%d samples from %d clips; steps %d -> %d", len(dataset), len(dataset.rows), start, config.steps
+        )
+    loader = make_loader(
+        dataset,
+        config,
+        rank=rank,
+        world_size=world_size,
+        start_step=start,
+        pin_memory=trainer.device.type == "cuda",
+    )
+    report = report or (lambda metrics, checkpoint_dir: None)
+    metrics: dict = {"step": start, "start_step": start}
+    window: list[dict[str, float]] = []
+    began = time.perf_counter()
+    for batch in loader:
+        window.append(trainer.train_step(batch))
+        step = trainer.step
+        at_checkpoint = step % config.checkpoint_every == 0 or step == config.steps
+        if step % config.log_every == 0 or at_checkpoint:
+            mean = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
+            mean = _mean_over_ranks(mean, trainer.device)
+            elapsed = time.perf_counter() - began
+            metrics = mean | {
+                "step": step,
+                "start_step": start,
+                "steps_per_second": (step - start) / elapsed if elapsed > 0 else 0.0,
+                "samples_seen": step * config.batch_size * world_size,
+                "skipped_steps": trainer.skipped_steps,
+            }
+            window = []
+            if rank == 0:
+                log.info(
+                    "step %d/%d loss %.4f (diffusion %.4f, stereo %.4f) lr %.2e grad %.3f %.2f steps/s",
+                    step,
+                    config.steps,
+                    metrics["loss"],
+                    metrics["diffusion_loss"],
+                    metrics["stereo_loss"],
+                    metrics["lr"],
+                    metrics["grad_norm"],
+                    metrics["steps_per_second"],
+                )
+            if at_checkpoint:
+                with tempfile.TemporaryDirectory(prefix="spatialdreamer-ckpt-") as tmp:
+                    folder = trainer.save_checkpoint(tmp, metrics) if rank == 0 else None
+                    report(metrics, folder)
+            else:
+                report(metrics, None)
+    return metrics
