@@ -40,9 +40,11 @@ from spatialdreamer.runtime import tune_cpu_allocator
 CONFIG_DIR = Path(__file__).parent / "configs"
 _MANAGED_DIRS = ("manifest", "failures", "shards", "_rows", "_failures", "_videos")
 _MANAGED_FILES = ("_job.json", "_SUCCESS.json")
-# Blocks of about one clip keep the stages pipelined clip by clip and memory bounded by a few
-# clips per stage, whatever the number or length of the videos.
-_BLOCK_BYTES = 32 * 2**20
+# A small block target makes every clip its own block (a clip is > 1 MiB at any useful size):
+# the stages pipeline clip by clip, not video by video, and memory is bounded by a few clips per
+# stage whatever the number or length of the videos. Measured on 2 cores: 1.16 vs 1.11 clips/s
+# against 32 MiB blocks, with DVG starting on a video's first clip instead of after its last.
+_BLOCK_BYTES = 1 * 2**20
 
 log = logging.getLogger("pipelines.build_dataset")
 
