@@ -1,0 +1,109 @@
+"""StereoClipDataset over a corpus, resize/pad helpers and the per-rank step sampler."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from train_helpers import CLIPS, HEIGHT, WIDTH, write_corpus
+
+from spatialdreamer.data import load_manifest
+from spatialdreamer.data.dataset import StereoClipDataset, fit_frames, resize_cover
+from spatialdreamer.data.shards import read_clip
+from spatialdreamer.train import StepBatchSampler
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_corpus")
+    write_corpus(root)
+    return str(root)
+
+
+def test_samples_are_the_warp_back_triple_with_shapes_dtypes_and_ranges(corpus):
+    ds = StereoClipDataset(corpus, num_frames=4, size=(32, 48))
+    assert len(ds) == len(CLIPS)
+    sample = ds[0]
+    for key in ("target", "rendered", "reference"):
+        assert sample[key].shape == (4, 3, 32, 48) and sample[key].dtype == torch.float32
+        assert sample[key].min() >= 0.0 and sample[key].max() <= 1.0
+    assert sample["mask"].shape == (4, 1, 32, 48) and sample["mask"].dtype == torch.bool
+    assert 0 < sample["mask"].float().mean() < 0.5  # the warp-back view has some holes, not all
+    assert (sample["rendered"].masked_select(sample["mask"]) == 0).all()  # holes carry no colour
+    # the target is the source clip (decoded, resized to cover, centre-cropped); input and
+    # reference are other views: close to it away from holes, but not equal
+    clip = read_clip(corpus, load_manifest(corpus).iloc[0].to_dict())
+    torch.testing.assert_close(sample["target"], resize_cover(clip.rgb[:4], (32, 48)))
+    valid = ~sample["mask"].expand_as(sample["rendered"])
+    err = (sample["rendered"] - sample["target"]).abs()[valid].mean()
+    assert err < 0.05
+    assert not torch.equal(sample["reference"], sample["target"])
+
+
+def test_native_size_and_windows_follow_num_frames_and_stride(corpus):
+    ds = StereoClipDataset(corpus, num_frames=2, stride=2)
+    # 6-frame clips give windows at 0, 2, 4; the 3-frame clip at 0 only (1 is not a full stride)
+    assert [(w.row, w.start) for w in ds.windows] == [(0, 0), (0, 2), (0, 4), (1, 0), (1, 2), (1, 4), (2, 0)]
+    sample = ds[2]
+    assert sample["target"].shape == (2, 3, HEIGHT, WIDTH) and sample["start"] == 4
+    clip = read_clip(corpus, load_manifest(corpus).iloc[0].to_dict())
+    assert torch.equal(sample["target"], clip.rgb[4:6])
+
+
+def test_short_clips_repeat_their_last_frame(corpus):
+    ds = StereoClipDataset(corpus, num_frames=5, query="num_frames < 5")
+    assert ds.clip_ids == ["vid1-c0"]
+    sample = ds[0]
+    assert sample["target"].shape[0] == 5
+    for key in ("target", "rendered", "mask", "reference"):
+        assert torch.equal(sample[key][3], sample[key][2]) and torch.equal(sample[key][4], sample[key][2])
+    assert not torch.equal(sample["target"][1], sample["target"][2])  # real frames stay distinct
+    x = torch.arange(3.0).view(3, 1)
+    assert fit_frames(x, 1, 4).flatten().tolist() == [1.0, 2.0, 2.0, 2.0]
+
+
+def test_query_filters_clips(corpus):
+    manifest = load_manifest(corpus)
+    threshold = float(manifest["hole_ratio"].median())
+    ds = StereoClipDataset(corpus, num_frames=4, size=(32, 48), query=f"hole_ratio > {threshold}")
+    expected = manifest.loc[manifest.hole_ratio > threshold, "clip_id"].tolist()
+    assert ds.clip_ids == expected and 0 < len(expected) < len(manifest)
+    assert {ds[i]["clip_id"] for i in range(len(ds))} == set(expected)
+
+
+def test_resize_cover_keeps_every_hole_when_shrinking():
+    mask = torch.zeros(1, 1, 40, 64, dtype=torch.bool)
+    mask[0, 0, 21, 33] = True  # one hole pixel
+    small = resize_cover(mask, (20, 32), mask=True)
+    assert small.dtype == torch.bool and small.shape == (1, 1, 20, 32) and small.sum() >= 1
+    image = torch.rand(2, 3, 40, 64)
+    out = resize_cover(image, (32, 32))  # scale 0.8 → 32x51, centre crop of width 32
+    assert out.shape == (2, 3, 32, 32) and out.min() >= 0 and out.max() <= 1
+    assert torch.equal(resize_cover(image, (40, 64)), image)  # already the size: untouched
+
+
+def test_bad_corpus_inputs_give_clear_errors(corpus, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no clips table"):
+        StereoClipDataset(tmp_path / "nowhere", num_frames=4)
+    with pytest.raises(ValueError, match="no clips in .* match query"):
+        StereoClipDataset(corpus, num_frames=4, query="hole_ratio > 2")
+    with pytest.raises(ValueError, match="bad query"):
+        StereoClipDataset(corpus, num_frames=4, query="no_such_column > 1")
+    with pytest.raises(ValueError, match="num_frames"):
+        StereoClipDataset(corpus, num_frames=0)
+
+
+def test_step_sampler_deals_disjoint_shards_and_resumes_at_any_step():
+    n, batch, steps = 7, 2, 10
+    per_rank = [
+        list(StepBatchSampler(n, batch, rank=r, world_size=2, seed=3, total_steps=steps)) for r in (0, 1)
+    ]
+    assert all(len(b) == steps and all(len(x) == batch for x in b) for b in per_rank)
+    # first epoch: 4 samples per rank (7 padded to 8 by wrapping), ranks disjoint but for the pad
+    first = [set(sum(b[:2], [])) for b in per_rank]
+    assert first[0] | first[1] == set(range(n)) and len(first[0] & first[1]) <= 1
+    # a sampler started at step 6 yields exactly the uninterrupted run's batches 6..9
+    resumed = list(StepBatchSampler(n, batch, rank=1, world_size=2, seed=3, start_step=6, total_steps=steps))
+    assert resumed == per_rank[1][6:]
+    # epochs reshuffle
+    epochs = [per_rank[0][i : i + 2] for i in (0, 2)]
+    assert epochs[0] != epochs[1]
