@@ -70,6 +70,24 @@ def test_query_filters_clips(corpus):
     assert {ds[i]["clip_id"] for i in range(len(ds))} == set(expected)
 
 
+def test_an_unreadable_clip_is_skipped_for_the_next_window(corpus, tmp_path, caplog):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(corpus, broken)
+    (broken / "shards" / "vid0" / "vid0-c0" / "back.mp4").write_bytes(b"not a video")
+    ds = StereoClipDataset(broken, num_frames=4, size=(32, 48))
+    with caplog.at_level("WARNING", logger="spatialdreamer.data.dataset"):
+        sample = ds[0]
+    assert sample["clip_id"] == "vid0-c1"  # the next window stands in
+    assert "skipping unreadable clip vid0-c0" in caplog.text
+    assert torch.equal(sample["target"], StereoClipDataset(corpus, num_frames=4, size=(32, 48))[1]["target"])
+    for cid in ("vid0-c1", "vid1-c0"):
+        (broken / "shards" / cid.split("-")[0] / cid / "rgb.mp4").unlink()
+    with pytest.raises(RuntimeError, match="no readable clip near sample 1"):
+        ds[1]
+
+
 def test_resize_cover_keeps_every_hole_when_shrinking():
     mask = torch.zeros(1, 1, 40, 64, dtype=torch.bool)
     mask[0, 0, 21, 33] = True  # one hole pixel

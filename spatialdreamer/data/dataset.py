@@ -17,6 +17,7 @@ per loader worker whatever the corpus size.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -32,6 +33,9 @@ __all__ = ["SAMPLE_KEYS", "StereoClipDataset", "fit_frames", "resize_cover"]
 
 SAMPLE_KEYS = ("target", "rendered", "mask", "reference")
 _ROW_COLUMNS = ["clip_id", "num_frames", "width", "height", *SHARD_FILES]
+_MAX_SUBSTITUTES = 16
+
+log = logging.getLogger("spatialdreamer.data.dataset")
 
 
 def fit_frames(x: torch.Tensor, start: int, count: int) -> torch.Tensor:
@@ -136,6 +140,7 @@ class StereoClipDataset(Dataset):
         ]
         if size is None and len({(r["height"], r["width"]) for r in self.rows}) > 1:
             raise ValueError("clips of different sizes cannot be batched; pass size=(H, W)")
+        self._unreadable: set[str] = set()  # per process (each loader worker learns its own)
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -145,8 +150,22 @@ class StereoClipDataset(Dataset):
         return [str(r["clip_id"]) for r in self.rows]
 
     def __getitem__(self, index: int) -> dict:
-        window = self.windows[index]
-        row = self.rows[window.row]
+        errors = []
+        for offset in range(min(_MAX_SUBSTITUTES, len(self.windows))):
+            window = self.windows[(index + offset) % len(self.windows)]
+            row = self.rows[window.row]
+            if row["clip_id"] in self._unreadable:
+                continue
+            try:
+                return self._sample(window, row)
+            except Exception as exc:  # recorded; the next window stands in
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                self._unreadable.add(row["clip_id"])
+                errors.append(f"{row['clip_id']}: {reason}")
+                log.warning("skipping unreadable clip %s (%s)", row["clip_id"], reason)
+        raise RuntimeError(f"no readable clip near sample {index} of {self.root}: {'; '.join(errors)[:500]}")
+
+    def _sample(self, window: _Window, row: dict) -> dict:
         clip = read_clip(self.root, row)
         size = self.size or (int(row["height"]), int(row["width"]))
 
