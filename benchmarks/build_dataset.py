@@ -98,7 +98,7 @@ def _child(mode: str, videos: str, output: str, config_name: str, threads: int) 
         startup = time.perf_counter() - began
         ray.data.DataContext.get_current().enable_progress_bars = False
     began = time.perf_counter()
-    summary = build(videos, output, config, in_process=mode == "plain")
+    summary = build(videos, output, config, overwrite=True, in_process=mode == "plain")
     elapsed = time.perf_counter() - began
     print(
         json.dumps(

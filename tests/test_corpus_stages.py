@@ -352,3 +352,14 @@ def test_job_main_in_process_prints_the_summary(media, tmp_path, capsys):
     failures = load_manifest(str(tmp_path / "c"), table="failures")
     assert failures.loc[0, "path"] == str(media["bad"] / "notes.mp4") and pd.isna(failures.loc[0, "clip_id"])
     assert storage.exists(str(tmp_path / "c" / "_SUCCESS.json"))
+
+
+def test_uri_input_and_output(media, tiny, tmp_path):
+    """Inputs and outputs given as URIs go through pyarrow filesystems (file:// here)."""
+    root = f"file://{tmp_path}/corpus"
+    summary = build(f"file://{media['good']}", root, tiny, in_process=True)
+    assert summary["clips_in_corpus"] == 10 and summary["failures"] == 0
+    clips = load_manifest(root)
+    assert clips.source_path.str.startswith("file://").all() and set(clips.source) == {"good"}
+    assert (tmp_path / "corpus" / clips.rgb_path.iloc[0]).is_file()
+    assert build(f"file://{media['good']}", root, tiny, in_process=True)["videos_processed"] == 0
