@@ -184,3 +184,15 @@ def test_truncated_video_is_reported(bad_videos):
     with pytest.raises(VideoError, match="truncated|not a readable|does not decode|corrupt"):
         probe_video(bad_videos["truncated"])
         list(stream_frames(bad_videos["truncated"]))
+
+
+def test_video_error_survives_pickling_across_processes():
+    import pickle
+
+    error = pickle.loads(pickle.dumps(VideoError("/x/clip.mp4", "file is empty")))
+    assert isinstance(error, VideoError)
+    assert (error.path, error.reason, str(error)) == (
+        "/x/clip.mp4",
+        "file is empty",
+        "/x/clip.mp4: file is empty",
+    )

@@ -12,3 +12,8 @@ class VideoError(RuntimeError):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+
+    def __reduce__(self):
+        # Ray and multiprocessing pickle errors raised in workers; the default would call
+        # __init__ with the message alone and fail.
+        return (type(self), (self.path, self.reason))
