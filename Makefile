@@ -33,6 +33,8 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/warp.py
+	$(PY) benchmarks/convert.py
+	$(PY) benchmarks/build_dataset.py
 
 # Results table (CSV + Markdown) on the fixed-seed synth benchmark; weights via EVAL_ARGS, e.g.
 # make eval EVAL_ARGS="--pipeline ckpt/ --lpips-backbone alexnet.pth --lpips-weights alex.pth --i3d i3d.pt"
