@@ -17,15 +17,6 @@ from spatialdreamer.depth import (
 from spatialdreamer.synth import make_scene
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: extra threads only add contention on a shared CI machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _prior_only(frames: torch.Tensor) -> torch.Tensor:
     return scene_prior(frames.shape[2], frames.shape[3]).expand(frames.shape[0], 1, -1, -1)
 
@@ -35,7 +26,7 @@ def _constant(frames: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def eval_scenes(_one_torch_thread):
+def eval_scenes():
     """The protocol of ParallaxDepthEstimator's docstring: seeds 0-5, 96x160, 8 frames."""
     return [make_scene(seed, height=96, width=160, frames=8) for seed in range(6)]
 

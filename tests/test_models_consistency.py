@@ -6,15 +6,6 @@ import torch
 from spatialdreamer.models import chunk_starts, ramp_weights, stereo_aware_loss, stereo_deviation_strength
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """One intra-op thread: on a shared 2-core machine two OpenMP threads can run 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_deviation_strength_is_mean_absolute_difference_per_sample():
     z_ref = torch.zeros(2, 3, 4, 2, 2)
     z0 = z_ref.clone()

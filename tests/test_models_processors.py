@@ -12,15 +12,6 @@ from spatialdreamer.models import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """One intra-op thread: on a shared 2-core machine two OpenMP threads can run 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _attention(dim: int = 16, heads: int = 2) -> Attention:
     torch.manual_seed(0)
     attn = Attention(query_dim=dim, heads=heads, dim_head=dim // heads, out_bias=True)

@@ -9,15 +9,6 @@ from spatialdreamer.models.conditioning import added_time_ids, encode_reference,
 from spatialdreamer.synth import make_scene
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """One intra-op thread: on a shared 2-core machine two OpenMP threads can run 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def pipe():
     p = build_pipeline("tiny", seed=0)

@@ -135,7 +135,7 @@ def _add_demo(sub) -> None:
 
 
 def _run_demo(args) -> int:
-    from spatialdreamer.demo import run_demo
+    from spatialdreamer.cli.demo import run_demo
 
     run_demo(args.out)
     return 0
