@@ -209,10 +209,11 @@ def summarize_manifest(clips: pd.DataFrame, failures: pd.DataFrame | None = None
     if len(clips) == 0:
         lines.append("clips: 0")
     else:
-        hours = clips["duration"].sum() / 3600
+        seconds = float(clips["duration"].sum())
+        length = f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
         lines.append(
             f"clips: {len(clips)} from {clips['video_id'].nunique()} videos, "
-            f"{int(clips['num_frames'].sum())} frames, {hours:.2f} h"
+            f"{int(clips['num_frames'].sum())} frames, {length}"
         )
         sizes = sorted(set(zip(clips.width, clips.height, strict=True)))
         lines.append(f"resolution: {', '.join(f'{w}x{h}' for w, h in sizes)}")
