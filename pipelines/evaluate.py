@@ -37,7 +37,7 @@ from spatialdreamer.eval import (
 )
 from spatialdreamer.eval.folders import notes_for, resolve_lpips
 from spatialdreamer.eval.harness import shown_columns
-from spatialdreamer.metrics import load_i3d
+from spatialdreamer.metrics import load_i3d, load_raft
 from spatialdreamer.runtime import tune_cpu_allocator
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -119,6 +119,8 @@ def evaluate(args: argparse.Namespace, config: dict) -> tuple[pd.DataFrame, pd.D
         notes.append(note)
     if args.i3d:
         load_i3d(args.i3d)  # a missing or wrong file fails here, not in every worker
+    if args.raft_weights:
+        load_raft(args.raft_weights)  # likewise
 
     methods: list[str] = []
     external: list[dict] = []
@@ -175,6 +177,7 @@ def evaluate(args: argparse.Namespace, config: dict) -> tuple[pd.DataFrame, pd.D
         fn_constructor_kwargs={
             "lpips": lpips_settings,
             "i3d": args.i3d,
+            "raft_weights": args.raft_weights,
             "fvd_frames": int(config["fvd_frames"]),
             "chunk_size": int(config["chunk_size"]),
         },
@@ -220,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lpips-weights", default=None, help="LPIPS v0.1 linear layers (alex.pth / vgg.pth)")
     parser.add_argument(
         "--i3d", default=None, help="I3D weights for FVD (InceptionI3d state dict or TorchScript)"
+    )
+    parser.add_argument(
+        "--raft-weights", default=None, help="RAFT checkpoint (raft-things.pth): E_warp flow by RAFT"
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="full tracebacks")
     args = parser.parse_args(argv)

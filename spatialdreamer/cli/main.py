@@ -162,6 +162,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--lpips-weights", default=None, help="LPIPS v0.1 linear layers (alex.pth / vgg.pth)")
     p.add_argument("--lpips-net", choices=("alex", "vgg"), default="alex")
     p.add_argument("--i3d", default=None, help="I3D weights for FVD (InceptionI3d state dict or TorchScript)")
+    p.add_argument("--raft-weights", default=None, help="RAFT checkpoint: E_warp flow by RAFT")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_eval)
 
@@ -202,6 +203,7 @@ def _run_eval(args) -> int:
             lpips_weights=args.lpips_weights,
             lpips_net=args.lpips_net,
             i3d=args.i3d,
+            raft_weights=args.raft_weights,
             progress=progress,
         )
     finally:

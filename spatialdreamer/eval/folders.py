@@ -12,9 +12,16 @@ from pathlib import Path
 
 import pandas as pd
 
+from spatialdreamer.dvg import dis_flow
 from spatialdreamer.eval.baselines import BASELINES
 from spatialdreamer.eval.harness import evaluate_pairs, pair_videos, summarise
-from spatialdreamer.metrics import LPIPS, I3DFeatures, find_backbone_weights, find_lpips_weights
+from spatialdreamer.metrics import (
+    LPIPS,
+    I3DFeatures,
+    RAFTFlow,
+    find_backbone_weights,
+    find_lpips_weights,
+)
 
 __all__ = ["evaluate_folders", "notes_for", "resolve_lpips"]
 
@@ -74,12 +81,14 @@ def evaluate_folders(
     lpips_weights: str | None = None,
     lpips_net: str = "alex",
     i3d: str | None = None,
+    raft_weights: str | None = None,
     fvd_frames: int = 16,
     chunk_size: int = 16,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """Score ``pred`` against ``gt`` (videos paired by file name); returns (per-video rows,
-    summary, notes). ``left`` adds the copy-the-left-view row, ``masks`` the hole columns."""
+    summary, notes). ``left`` adds the copy-the-left-view row, ``masks`` the hole columns;
+    ``raft_weights`` computes E_warp's flow with RAFT instead of OpenCV DIS."""
     pairs = pair_videos(pred, gt, masks, left)
     method = name or Path(pred).expanduser().resolve().name
     if method == "identity" and left is not None:
@@ -93,6 +102,7 @@ def evaluate_folders(
         fvd_frames=fvd_frames,
         chunk_size=chunk_size,
         progress=progress,
+        flow_fn=RAFTFlow(raft_weights) if raft_weights else dis_flow,
     )
     summary = summarise(per_video, order=BASELINES)
     notes = ([lpips_note] if lpips_note else []) + notes_for(

@@ -307,6 +307,7 @@ def evaluate_pairs(
     fvd_frames: int = 16,
     chunk_size: int = 16,
     progress: Callable[[int, int], None] | None = None,
+    flow_fn: FlowFn = dis_flow,
 ) -> pd.DataFrame:
     """Per-video rows for ``method`` and, where pairs have a left view, for the copy-the-left-view
     baseline (``identity``). A video that cannot be scored is kept as a row with its ``error``."""
@@ -325,6 +326,7 @@ def evaluate_pairs(
                     extractor=extractor,
                     fvd_frames=fvd_frames,
                     chunk_size=chunk_size,
+                    flow_fn=flow_fn,
                 )
             )
         except Exception as exc:  # recorded with its reason; the other videos go on

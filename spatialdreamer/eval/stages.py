@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from spatialdreamer.dvg import dis_flow
 from spatialdreamer.eval.baselines import build_baselines
 from spatialdreamer.eval.benchmark import load_scene, scene_files
 from spatialdreamer.eval.harness import score_files
-from spatialdreamer.metrics import LPIPS, I3DFeatures
+from spatialdreamer.metrics import LPIPS, I3DFeatures, RAFTFlow
 from spatialdreamer.video import VideoWriter
 
 __all__ = ["PredictStage", "ScoreStage", "pred_path"]
@@ -113,6 +114,7 @@ class ScoreStage:
     Args:
         lpips: ``{"net", "backbone_weights", "lpips_weights"}`` to build :class:`LPIPS`, or None.
         i3d: path of I3D weights for FVD features, or None.
+        raft_weights: RAFT checkpoint for E_warp's flow, or None (OpenCV DIS).
     """
 
     METRICS = (
@@ -132,6 +134,7 @@ class ScoreStage:
         *,
         lpips: Mapping[str, object] | None = None,
         i3d: str | os.PathLike | None = None,
+        raft_weights: str | os.PathLike | None = None,
         fvd_frames: int = 16,
         chunk_size: int = 16,
         device: str = "cpu",
@@ -141,6 +144,7 @@ class ScoreStage:
             torch.set_num_threads(threads)
         self.lpips_model = LPIPS(**lpips).to(device) if lpips else None
         self.extractor = I3DFeatures(i3d, device) if i3d else None
+        self.flow_fn = RAFTFlow(raft_weights, device) if raft_weights else dis_flow
         self.fvd_frames, self.chunk_size = fvd_frames, chunk_size
 
     def __call__(self, batch: Mapping[str, Sequence]) -> dict[str, list]:
@@ -161,6 +165,7 @@ class ScoreStage:
                         extractor=self.extractor,
                         fvd_frames=self.fvd_frames,
                         chunk_size=self.chunk_size,
+                        flow_fn=self.flow_fn,
                     )
                 except Exception as exc:
                     log.debug("scoring %s failed", batch["pred"][i], exc_info=True)

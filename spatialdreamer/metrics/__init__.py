@@ -22,6 +22,7 @@ from spatialdreamer.metrics.lpips import (
     find_lpips_weights,
     lpips,
 )
+from spatialdreamer.metrics.raft import RAFT, RAFTFlow, RAFTWeightsError, load_raft
 from spatialdreamer.metrics.warping import e_warp
 
 __all__ = [
@@ -30,6 +31,9 @@ __all__ = [
     "I3DFeatures",
     "InceptionI3d",
     "LPIPSWeightsError",
+    "RAFT",
+    "RAFTFlow",
+    "RAFTWeightsError",
     "e_warp",
     "feature_statistics",
     "find_backbone_weights",
@@ -37,6 +41,7 @@ __all__ = [
     "frechet_distance",
     "fvd",
     "load_i3d",
+    "load_raft",
     "lpips",
     "psnr",
     "ssim",

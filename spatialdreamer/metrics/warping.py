@@ -5,13 +5,14 @@ warps frame t+1 onto frame t by optical flow, ``|·|²`` is the squared L2 norm 
 channels, and ``M_t`` keeps pixels whose flow passes a forward-backward consistency check
 (non-occluded), intersected with an optional mask. Flow defaults to OpenCV DIS on the scored
 video itself, or on a ``reference`` video (e.g. the ground truth) when given; exact flows can
-be passed in, and any flow network plugs in as ``flow_fn``. RAFT is not built in: with no
-RAFT weights available offline we could not check a port against the reference flows, and
-an unchecked flow network would make E_warp numbers look authoritative when they are not.
+be passed in, and any flow network plugs in as ``flow_fn``. RAFT (:mod:`spatialdreamer.metrics.raft`)
+is used when you give its weights (``raft_weights=PATH`` or ``flow_fn=RAFTFlow(PATH)``); the
+port follows the official checkpoint layout but has not been checked against reference flows.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Literal
 
@@ -19,6 +20,7 @@ import torch
 
 from spatialdreamer.dvg import dis_flow, flow_warp, forward_backward_consistent
 from spatialdreamer.metrics._checks import as_video, masked_nanmean
+from spatialdreamer.metrics.raft import RAFTFlow
 
 __all__ = ["e_warp"]
 
@@ -33,6 +35,7 @@ def e_warp(
     flow: torch.Tensor | None = None,
     backward_flow: torch.Tensor | None = None,
     flow_fn: FlowFn = dis_flow,
+    raft_weights: str | os.PathLike | None = None,
     reduction: Literal["mean", "none"] = "mean",
 ) -> float | torch.Tensor:
     """Temporal warping error of ``video`` ``[T,C,H,W]`` in [0, 1] (T >= 2; lower is steadier).
@@ -43,6 +46,8 @@ def e_warp(
         flow: ``[T-1,2,H,W]`` flow t → t+1 with ``frame_t(p) ≈ frame_{t+1}(p + flow(p))``.
         backward_flow: ``[T-1,2,H,W]`` flow t+1 → t (required with ``flow``).
         flow_fn: ``(source [B,C,H,W], target) → [B,2,H,W]``; OpenCV DIS by default.
+        raft_weights: a RAFT checkpoint (``raft-things.pth`` ...): flow by RAFT on the CPU
+            instead of ``flow_fn`` (for a GPU or other settings pass ``flow_fn=RAFTFlow(...)``).
         reduction: ``"none"`` → ``[T-1]`` per pair (NaN where nothing is left to score).
 
     Example:
@@ -58,6 +63,10 @@ def e_warp(
         if mask.ndim != 4 or mask.shape != (t, 1, h, w):
             raise ValueError(f"mask must be [T,1,H,W] = {(t, 1, h, w)}, got {tuple(mask.shape)}")
         mask = mask.to(video.device).bool()
+    if raft_weights is not None:
+        if flow_fn is not dis_flow:
+            raise ValueError("pass raft_weights or flow_fn, not both")
+        flow_fn = RAFTFlow(raft_weights)
     if (flow is None) != (backward_flow is None):
         raise ValueError("pass both flow and backward_flow, or neither")
     if flow is None:
