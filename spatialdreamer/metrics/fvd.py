@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from spatialdreamer.metrics._checks import as_video
+from spatialdreamer.metrics._weights import read_state_dict
 from spatialdreamer.metrics.i3d import InceptionI3d
 
 __all__ = [
@@ -113,22 +114,9 @@ def load_i3d(path: str | os.PathLike | None, device: str | torch.device = "cpu")
         with warnings.catch_warnings():  # deprecated in torch 2.13, still the format of the reference I3D
             warnings.simplefilter("ignore", DeprecationWarning)
             return torch.jit.load(str(file), map_location=device).eval()
-    if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(file))
-    else:
-        try:
-            state = torch.load(file, map_location="cpu", weights_only=True)
-        except Exception as exc:  # not a checkpoint, or one that needs unsafe unpickling
-            raise FVDModelError(f"{file}: not a readable I3D state dict ({type(exc).__name__})") from exc
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or "logits.conv3d.weight" not in {
-        k.removeprefix("module.") for k in state
-    }:
+    state = read_state_dict(file, FVDModelError, "I3D state dict")
+    if "logits.conv3d.weight" not in state:
         raise FVDModelError(f"{file}: not an InceptionI3d state dict (no logits.conv3d.weight)")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
     model = InceptionI3d(num_classes=state["logits.conv3d.weight"].shape[0])
     try:
         model.load_state_dict(state, strict=True)

@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from spatialdreamer.metrics._checks import as_video_pair, masked_nanmean
+from spatialdreamer.metrics._weights import read_state_dict
 
 __all__ = ["LPIPS", "LPIPSWeightsError", "find_backbone_weights", "find_lpips_weights", "lpips"]
 
@@ -105,14 +106,7 @@ def _load_state(path: str | os.PathLike, what: str) -> dict[str, torch.Tensor]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise LPIPSWeightsError(f"{what} not found at {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    return read_state_dict(path, LPIPSWeightsError, what)
 
 
 class LPIPS(nn.Module):

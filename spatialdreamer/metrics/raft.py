@@ -25,6 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from spatialdreamer.metrics._weights import read_state_dict
+
 __all__ = ["RAFT", "RAFTFlow", "RAFTWeightsError", "load_raft"]
 
 _HINT = (
@@ -247,24 +249,6 @@ class RAFT(nn.Module):
         return self.upsample_flow(coords1 - coords0, up_mask)
 
 
-def _read_state(file: Path) -> dict[str, torch.Tensor]:
-    if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(file))
-    else:
-        try:
-            state = torch.load(file, map_location="cpu", weights_only=True)
-        except Exception as exc:  # not a checkpoint, or one that needs unsafe unpickling
-            what = type(exc).__name__
-            raise RAFTWeightsError(f"{file}: not a readable RAFT state dict ({what}); {_HINT}") from exc
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise RAFTWeightsError(f"{file}: not a state dict; {_HINT}")
-    return {k.removeprefix("module."): v for k, v in state.items()}
-
-
 def load_raft(path: str | os.PathLike | None, device: str | torch.device = "cpu") -> RAFT:
     """A :class:`RAFT` in eval mode with the weights of a local checkpoint (``module.`` prefix
     stripped). Raises :class:`RAFTWeightsError` (one line) when the file is missing, unreadable,
@@ -274,7 +258,7 @@ def load_raft(path: str | os.PathLike | None, device: str | torch.device = "cpu"
     file = Path(path).expanduser()
     if not file.is_file():
         raise RAFTWeightsError(f"{_HINT} (not found: {file})")
-    state = _read_state(file)
+    state = read_state_dict(file, RAFTWeightsError, "RAFT state dict", _HINT)
     model = RAFT()
     expected = model.state_dict()
     # a strided block's shortcut norm is saved twice (``norm3`` and ``downsample.1``); converters
