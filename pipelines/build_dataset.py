@@ -21,10 +21,8 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-import yaml
-
+from pipelines.configs import read_config
 from spatialdreamer.data import storage
 from spatialdreamer.data.corpus import (
     CorpusConfig,
@@ -37,7 +35,6 @@ from spatialdreamer.data.corpus import (
 from spatialdreamer.data.manifest import compact_table, load_manifest, summarize_manifest
 from spatialdreamer.runtime import tune_cpu_allocator
 
-CONFIG_DIR = Path(__file__).parent / "configs"
 _MANAGED_DIRS = ("manifest", "failures", "shards", "_rows", "_failures", "_videos")
 _MANAGED_FILES = ("_job.json", "_SUCCESS.json")
 # A small block target makes every clip its own block (a clip is > 1 MiB at any useful size):
@@ -51,20 +48,7 @@ log = logging.getLogger("pipelines.build_dataset")
 
 def load_config(name_or_path: str | None, overrides: dict | None = None) -> CorpusConfig:
     """A config from ``pipelines/configs/<name>.yaml`` or a YAML path, with overrides applied."""
-    values: dict = {}
-    if name_or_path:
-        path = Path(name_or_path)
-        if not path.is_file():
-            path = CONFIG_DIR / f"{name_or_path}.yaml"
-        if not path.is_file():
-            known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
-            raise FileNotFoundError(f"config {name_or_path!r} not found (a YAML path or one of: {known})")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ValueError(f"config {path} is not valid YAML ({str(exc).splitlines()[0]})") from exc
-        if not isinstance(values, dict):
-            raise ValueError(f"config {path} must be a mapping of settings, got {type(values).__name__}")
+    values = read_config(name_or_path)[1] if name_or_path else {}
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return CorpusConfig.from_dict(values)
 

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
+from pipelines.configs import read_config
 from spatialdreamer.eval import (
     BASELINES,
     LABELS,
@@ -40,7 +40,6 @@ from spatialdreamer.eval.harness import shown_columns
 from spatialdreamer.metrics import load_i3d, load_raft
 from spatialdreamer.runtime import tune_cpu_allocator
 
-CONFIG_DIR = Path(__file__).parent / "configs"
 _DEFAULTS = {
     "methods": ["identity", "naive_dibr", "dvg_fill", "dvg_fill_depth"],
     "depth_model": "parallax",
@@ -56,13 +55,8 @@ _BENCH_KEYS = ("scenes", "seed", "width", "height", "frames", "fps")
 
 def load_config(name_or_path: str, overrides: dict) -> dict:
     """``pipelines/configs/<name>.yaml`` or a YAML path, over the defaults, with overrides."""
-    path = Path(name_or_path)
-    if not path.exists():
-        path = CONFIG_DIR / f"{name_or_path}.yaml"
-    if not path.exists():
-        known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("eval*.yaml")))
-        raise FileNotFoundError(f"config {name_or_path!r} not found (a YAML path or one of: {known})")
-    values = {**_DEFAULTS, **(yaml.safe_load(path.read_text()) or {})}
+    path, settings = read_config(name_or_path, listing="eval*.yaml")
+    values = {**_DEFAULTS, **settings}
     values.update({k: v for k, v in overrides.items() if v is not None})
     unknown = sorted(set(values) - set(_DEFAULTS) - set(_BENCH_KEYS))
     if unknown:

@@ -26,15 +26,12 @@ import os
 import shutil
 import sys
 import tempfile
-from pathlib import Path
 
-import yaml
-
+from pipelines.configs import read_config
 from spatialdreamer.data.dataset import StereoClipDataset
 from spatialdreamer.runtime import tune_cpu_allocator
 from spatialdreamer.train import STATE_DIR, TrainConfig, read_training_state, run_worker
 
-CONFIG_DIR = Path(__file__).parent / "configs"
 RUN_NAME = "run"
 _RAY_KEYS = {"num_workers", "cpus_per_worker", "use_gpu", "max_failures", "keep_checkpoints"}
 _RAY_DEFAULTS = {
@@ -50,17 +47,8 @@ log = logging.getLogger("pipelines.train")
 
 def load_config(name_or_path: str, overrides: dict | None = None) -> tuple[TrainConfig, dict]:
     """``(TrainConfig, ray settings)`` from ``configs/train_<name>.yaml`` or a YAML path."""
-    path = Path(name_or_path)
-    if not path.is_file():
-        path = CONFIG_DIR / f"train_{name_or_path}.yaml"
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem.removeprefix("train_") for p in CONFIG_DIR.glob("train_*.yaml")))
-        raise FileNotFoundError(f"train config {name_or_path!r} not found (a YAML path or one of: {known})")
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"config {path} is not valid YAML ({str(exc).splitlines()[0]})") from exc
-    if not isinstance(values, dict) or set(values) - {"train", "ray"}:
+    path, values = read_config(name_or_path, prefix="train_", listing="train_*.yaml", kind="train config")
+    if set(values) - {"train", "ray"}:
         raise ValueError(f"config {path} must be a mapping with 'train' and 'ray' sections")
     train = dict(values.get("train") or {})
     ray_cfg = _RAY_DEFAULTS | dict(values.get("ray") or {})
