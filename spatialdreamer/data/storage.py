@@ -16,7 +16,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -75,19 +75,23 @@ def _temporary_name(path: str) -> str:
     return os.path.join(folder, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
 
 
+def _land_locally(path: str, put: Callable[[str], object]) -> None:
+    """``put`` the content under a hidden temporary name beside ``path``, then rename it."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary_name(path)
+    try:
+        put(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
 def write_bytes(path: str, data: bytes) -> None:
     """Write ``data`` so that ``path`` either does not exist or is complete."""
     fs, p = open_filesystem(path)
     if isinstance(fs, pafs.LocalFileSystem):
-        Path(p).parent.mkdir(parents=True, exist_ok=True)
-        tmp = _temporary_name(p)
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, p)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        _land_locally(p, lambda tmp: Path(tmp).write_bytes(data))
         return
     fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
     with fs.open_output_stream(p) as stream:
@@ -98,14 +102,7 @@ def upload(local: str | os.PathLike, destination: str) -> None:
     """Move a finished local file to ``destination`` (rename when local, copy when remote)."""
     fs, p = open_filesystem(destination)
     if isinstance(fs, pafs.LocalFileSystem):
-        Path(p).parent.mkdir(parents=True, exist_ok=True)
-        tmp = _temporary_name(p)
-        try:
-            shutil.move(os.fspath(local), tmp)
-            os.replace(tmp, p)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        _land_locally(p, lambda tmp: shutil.move(os.fspath(local), tmp))
         return
     fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
     pafs.copy_files(os.fspath(local), p, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
