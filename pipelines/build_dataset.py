@@ -7,9 +7,12 @@ DST may be local paths or pyarrow URIs (s3://, gs://, ...). Runs on a local embe
 RAY_ADDRESS names a cluster. Rerunning resumes: only missing clips are made; a finished corpus
 is left as it is; --overwrite rebuilds it.
 
-    list sources ─► split: probe, decode, cuts, clips (tasks)
-                 ─► depth + DVG (actor pool; GPU actors with batching when the cluster has GPUs)
-                 ─► write shards + row records (tasks) ─► compact manifest/ and failures/
+    list sources                                                          driver
+    ─► split:   probe, decode, shot cuts, clips (uint8)                    CPU task per video
+    ─► prepare: scores + filters, rgb encode, DIS flow once per pair       CPU task per clip
+    ─► dvg:     depth (batched, fp16), warp, warp-back, masks              GPU actor pool
+    ─► write:   encode views, lossless masks/disparity, row record         CPU task per clip
+    ─► manifest/ and failures/ parts, one per video, from the records
 """
 
 from __future__ import annotations
@@ -23,15 +26,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from pipelines.configs import read_config
-from spatialdreamer.data import storage
-from spatialdreamer.data.corpus import (
+from spatialdreamer.corpus import (
+    FILTER_STAGE,
     CorpusConfig,
     DepthDVGStage,
+    TransientError,
     list_sources,
+    prepare_clips,
     split_video,
     video_is_done,
     write_clip_stage,
 )
+from spatialdreamer.data import storage
 from spatialdreamer.data.manifest import compact_table, load_manifest, summarize_manifest
 from spatialdreamer.runtime import tune_cpu_allocator
 
@@ -94,61 +100,135 @@ def _init_ray(address: str | None = None):
     return ray
 
 
+def _max_cluster_gpus() -> float | None:
+    """GPUs the autoscaler may add (from the cluster's node groups); None without an autoscaler."""
+    try:
+        from ray._private.state import state
+
+        limits = state.get_max_resources_from_cluster_config()
+    except Exception:  # no autoscaler config published (a fixed or local cluster)
+        return None
+    return float(limits.get("GPU", 0)) if limits else None
+
+
+def choose_device(ray, config: CorpusConfig, sleep=time.sleep) -> tuple[str, str]:
+    """``(device, reason)`` for the depth + DVG stage; never a silent drop to CPU.
+
+    ``cpu``: CPU. ``cuda``: GPUs, waiting up to ``gpu_wait_s`` for an autoscaler to add them,
+    else an error. ``auto``: GPUs if the cluster has them; if an autoscaler can add GPU nodes,
+    asks for one and waits up to ``gpu_wait_s``; otherwise CPU, with the reason said.
+    """
+    if config.device == "cpu":
+        return "cpu", "device: cpu in the config"
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if gpus > 0:
+        return "cuda", f"{gpus:g} GPUs in the cluster"
+    can_add = (_max_cluster_gpus() or 0) > 0
+    if config.device == "cuda" or can_add:
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=[{"GPU": max(config.gpus_per_dvg_actor, 0.01)}])
+        deadline = time.monotonic() + float(config.gpu_wait_s)
+        log.warning("waiting up to %g s for GPU workers to join the cluster", config.gpu_wait_s)
+        while time.monotonic() < deadline:
+            if ray.cluster_resources().get("GPU", 0) > 0:
+                request_resources(bundles=[])
+                return "cuda", "GPU workers joined the cluster"
+            sleep(min(5.0, max(0.0, deadline - time.monotonic())))
+        request_resources(bundles=[])
+        if config.device == "cuda":
+            raise RuntimeError(
+                f"device: cuda, but no GPU joined the cluster within {config.gpu_wait_s:g} s; "
+                "add GPU workers, raise gpu_wait_s, or use device: auto|cpu"
+            )
+        return "cpu", f"no GPU joined the cluster within {config.gpu_wait_s:g} s: depth + DVG run on CPU"
+    return "cpu", "the cluster has no GPU and cannot add one: depth + DVG run on CPU"
+
+
+def _pool(size: int | None, retries: int, num_cpus: float):
+    """Task-pool settings of a CPU stage: ``size`` None scales with the cluster's CPUs; bounded
+    retries (a crash or a transient error is retried ``retries`` times, then the job stops)."""
+    from ray.data import TaskPoolStrategy
+
+    return {
+        "compute": TaskPoolStrategy(size=size),
+        "num_cpus": num_cpus,
+        "max_retries": retries,
+        "retry_exceptions": [TransientError],
+    }
+
+
 def run_stages(
     pending: list[dict], root: str, config: CorpusConfig, ray_address: str | None = None
-) -> tuple[int, int]:
-    """The Ray Data chain over the videos still to do; returns ``(clips, frames)`` written.
+) -> tuple[int, int, str]:
+    """The Ray Data chain over the videos still to do; returns ``(clips, frames, device)``.
 
     Streaming end to end (no groupby, sort or materialize): memory holds a few blocks per stage.
     """
     ray = _init_ray(ray_address)
-    from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
+    from ray.data import ActorPoolStrategy, DataContext
 
     context = DataContext.get_current()
     context.target_max_block_size = _BLOCK_BYTES
     context.enable_progress_bars = True
+    context.actor_task_retry_on_errors = [TransientError]
 
-    gpus = ray.cluster_resources().get("GPU", 0) > 0
-    if gpus:  # one GPU per actor (configurable), batches of clips through the depth model
-        dvg_resources = {"num_gpus": config.gpus_per_dvg_actor, "num_cpus": 1}
-        dvg_batch, device = config.dvg_batch_size, "cuda"
+    device, reason = choose_device(ray, config)
+    print(f"build_dataset: depth + DVG on {device} ({reason})", file=sys.stderr)
+    low, high = config.dvg_actors
+    if device == "cuda":  # one actor per GPU share; batches of clips fill the GPU
+        dvg_resources = {"num_gpus": config.gpus_per_dvg_actor, "num_cpus": config.dvg_num_cpus}
+        dvg_batch = config.dvg_batch_size
+        if high is None:
+            gpus = max(ray.cluster_resources().get("GPU", 0), _max_cluster_gpus() or 0)
+            high = max(low, int(gpus / max(config.gpus_per_dvg_actor, 1e-6)))
     else:
         dvg_resources = {"num_cpus": config.dvg_num_cpus}
-        dvg_batch, device = 1, "cpu"
-    low, high = config.dvg_actors
+        dvg_batch = 1
+        if high is None:
+            cpus = ray.cluster_resources().get("CPU", 1)
+            high = max(low, int(cpus / max(config.dvg_num_cpus, 1e-6)) // 2)  # leave CPUs to the rest
+    retries = config.max_retries
 
     ds = ray.data.from_items(pending, override_num_blocks=len(pending))
     ds = ds.flat_map(
         split_video,
         fn_kwargs={"root": root, "config": config},
-        compute=TaskPoolStrategy(size=config.split_tasks),
-        num_cpus=config.split_num_cpus,
+        **_pool(config.split_tasks, retries, config.split_num_cpus),
+    )
+    ds = ds.map_batches(
+        prepare_clips,
+        fn_kwargs={"root": root, "config": config},
+        batch_size=1,
+        **_pool(config.prepare_tasks, retries, config.prepare_num_cpus),
     )
     ds = ds.map_batches(
         DepthDVGStage,
         fn_constructor_kwargs={"config": config, "root": root, "device": device},
         batch_size=dvg_batch,
         compute=ActorPoolStrategy(min_size=low, max_size=high),
+        max_restarts=retries,
+        max_task_retries=retries,
         **dvg_resources,
     )
     ds = ds.map_batches(
         write_clip_stage,
         fn_kwargs={"root": root, "config": config},
         batch_size=1,
-        compute=TaskPoolStrategy(size=config.write_tasks),
-        num_cpus=config.write_num_cpus,
+        **_pool(config.write_tasks, retries, config.write_num_cpus),
     )
     clips = frames = 0
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         clips += len(batch["clip_id"])
         frames += int(batch["num_frames"].sum())
-    return clips, frames
+    return clips, frames, device
 
 
 def pending_sources(sources: list[dict], root: str, config: CorpusConfig) -> list[dict]:
     """The sources with work left (checked in parallel: a few small reads per video)."""
     with ThreadPoolExecutor(max_workers=16) as pool:
-        done = list(pool.map(lambda row: video_is_done(root, row["video_id"], config), sources))
+        digest = config.content_hash()
+        done = list(pool.map(lambda row: video_is_done(root, row["video_id"], digest), sources))
     return [row for row, finished in zip(sources, done, strict=True) if not finished]
 
 
@@ -176,15 +256,18 @@ def build(
     prepare_output(root, config, overwrite=overwrite, retry_failed=retry_failed)
     pending = pending_sources(sources, root, config)
     clips = frames = 0
+    device = "cpu"
     if pending and in_process:
-        from spatialdreamer.data.corpus import build_in_process
+        from spatialdreamer.corpus import build_in_process
 
-        clips, frames = build_in_process(pending, root, config)
+        device = "cpu" if config.device == "auto" else config.device
+        clips, frames = build_in_process(pending, root, config, device=device)
     elif pending:
-        clips, frames = run_stages(pending, root, config, ray_address)
+        clips, frames, device = run_stages(pending, root, config, ray_address)
     total_clips = compact_table(root, "clips")
     total_failures = compact_table(root, "failures")
-    failures = load_manifest(root, table="failures", columns=["clip_id"])
+    failures = load_manifest(root, table="failures", columns=["clip_id", "stage"])
+    filtered = int((failures["stage"] == FILTER_STAGE).sum())
     elapsed = time.perf_counter() - began
     summary = {
         "videos": len(sources),
@@ -194,7 +277,9 @@ def build(
         "clips_written": clips,
         "frames_written": frames,
         "clips_in_corpus": total_clips,
-        "failures": total_failures,
+        "clips_filtered": filtered,
+        "failures": total_failures - filtered,
+        "device": device,
         "wall_seconds": round(elapsed, 2),
         "clips_per_second": round(clips / elapsed, 3) if elapsed > 0 else 0.0,
         "frames_per_second": round(frames / elapsed, 2) if elapsed > 0 else 0.0,
@@ -263,7 +348,17 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if args.verbose:
             raise
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        transient = [line for line in lines if "TransientError" in line]
+        if isinstance(exc, TransientError) or transient:  # Ray wraps the stage's error
+            detail = (transient or lines or [type(exc).__name__])[-1].strip()
+            print(
+                f"build_dataset: transient error after bounded retries (not recorded as a failure of "
+                f"any video; rerun to resume): {detail}",
+                file=sys.stderr,
+            )
+            return 75
+        message = lines[0] if lines else type(exc).__name__
         print(f"build_dataset: error: {message}", file=sys.stderr)
         return 1
     print("\n== corpus build ==")

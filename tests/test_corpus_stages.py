@@ -15,17 +15,20 @@ import pytest
 import torch
 
 from pipelines.build_dataset import build, load_config, main
-from spatialdreamer.data import load_manifest, storage
-from spatialdreamer.data.corpus import (
+from spatialdreamer.corpus import (
     CorpusConfig,
     DepthDVGStage,
     build_in_process,
     list_sources,
+    prepare_clips,
     rows_to_batch,
     split_video,
     write_clip_stage,
 )
+from spatialdreamer.data import load_manifest, storage
 from spatialdreamer.data.ids import video_id
+from spatialdreamer.corpus.batches import unpack_mask
+from spatialdreamer.data.codecs import disparity_from_u16
 from spatialdreamer.data.shards import SHARD_FILES, read_clip
 from spatialdreamer.synth import iter_frames, random_spec
 from spatialdreamer.synth.videos import write_scene
@@ -233,9 +236,19 @@ def test_bad_input_is_recorded_with_stage_and_reason(media, tiny, tmp_path, name
     assert len(list((tmp_path / "_failures" / row["video_id"]).glob("*.json"))) == 1
 
 
+def _dvg(config, root, rows):
+    """Prepare (scores, flow, rgb bytes) then depth + DVG, as the job chains them."""
+    return DepthDVGStage(config, str(root), device="cpu")(
+        prepare_clips(rows_to_batch(rows), str(root), config)
+    )
+
+
 def test_failing_clip_is_recorded_and_the_rest_of_the_batch_goes_on(media, tiny, tmp_path):
     row = list_sources(str(media["good0"]))[0]
-    rows = list(split_video(row, str(tmp_path), tiny))[:2]
+    prepared = prepare_clips(
+        rows_to_batch(list(split_video(row, str(tmp_path), tiny))[:2]), str(tmp_path), tiny
+    )
+    rows = [{key: values[i] for key, values in prepared.items()} for i in range(2)]
     rows[1]["frames"] = rows[1]["frames"][:, :, :0]  # zero-width frames: depth cannot run
     out = DepthDVGStage(tiny, str(tmp_path), device="cpu")(rows_to_batch(rows))
     assert list(out["clip_id"]) == [rows[0]["clip_id"]]
@@ -269,10 +282,18 @@ def test_shards_hold_lossless_masks_and_disparity(built, media, tiny, tmp_path):
     # recompute the clip's DVG output and compare what came back from the files
     source = list_sources(record["source_path"])[0]
     clip = next(c for c in split_video(source, str(tmp_path), tiny) if c["clip_id"] == record["clip_id"])
-    fresh = DepthDVGStage(tiny, str(tmp_path), device="cpu")(rows_to_batch([clip]))
-    assert torch.equal(stored.back_holes[:, 0], torch.from_numpy(fresh["back_holes"][0]))
-    assert torch.equal(stored.right_holes[:, 0], torch.from_numpy(fresh["right_holes"][0]))
-    assert torch.allclose(stored.disparity[:, 0], torch.from_numpy(fresh["disparity"][0]), atol=1 / 128)
+    fresh = _dvg(tiny, tmp_path, [clip])
+    width = clip["frames"].shape[2]
+    assert torch.equal(
+        stored.back_holes[:, 0], torch.from_numpy(unpack_mask(fresh["back_holes_bits"][0], width))
+    )
+    assert torch.equal(
+        stored.right_holes[:, 0], torch.from_numpy(unpack_mask(fresh["right_holes_bits"][0], width))
+    )
+    assert torch.equal(
+        stored.disparity[:, 0], torch.from_numpy(disparity_from_u16(fresh["disparity_u16"][0]))
+    )
+    assert "frames" not in fresh and "flow_forward" not in fresh  # not handed on past the GPU stage
     rgb = torch.from_numpy(clip["frames"]).permute(0, 3, 1, 2).float() / 255
     psnr = -10 * torch.log10(((stored.rgb - rgb) ** 2).mean())
     assert stored.rgb.shape == rgb.shape and psnr > 38  # visually lossless
@@ -282,13 +303,13 @@ def test_shards_hold_lossless_masks_and_disparity(built, media, tiny, tmp_path):
 def test_write_stage_commits_the_row_only_after_all_shard_files(media, tiny, tmp_path, monkeypatch):
     row = list_sources(str(media["good1"]))[0]
     clip = next(iter(split_video(row, str(tmp_path), tiny)))
-    batch = DepthDVGStage(tiny, str(tmp_path), device="cpu")(rows_to_batch([clip]))
-    import spatialdreamer.data.shards as shards
+    batch = _dvg(tiny, tmp_path, [clip])
+    import spatialdreamer.corpus.write as write
 
     def broken_lossless(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(shards, "write_lossless", broken_lossless)
+    monkeypatch.setattr(write, "write_lossless", broken_lossless)
     out = write_clip_stage(batch, str(tmp_path), tiny)
     assert len(out["clip_id"]) == 0
     assert not (tmp_path / "_rows").exists()

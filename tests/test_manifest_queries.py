@@ -10,8 +10,8 @@ import pytest
 
 from pipelines.build_dataset import build, load_config
 from spatialdreamer.cli.main import main as cli
+from spatialdreamer.corpus import list_sources
 from spatialdreamer.data import CLIP_SCHEMA, FAILURE_SCHEMA, load_manifest, summarize_manifest
-from spatialdreamer.data.corpus import list_sources
 from spatialdreamer.data.manifest import compact_table
 from spatialdreamer.synth import random_spec
 from spatialdreamer.synth.videos import write_scene

@@ -1,6 +1,6 @@
 """Corpus data: storage codecs, shard and manifest schemas, readers and writers.
 
-The corpus stages live in :mod:`spatialdreamer.data.corpus` (imported on demand: it pulls in
+The corpus stages live in :mod:`spatialdreamer.corpus` (imported on demand: it pulls in
 the depth models); the manifest readers are light and exported here.
 """
 

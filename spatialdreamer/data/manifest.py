@@ -60,9 +60,18 @@ CLIP_SCHEMA = pa.schema(
         ("disparity_p05", pa.float32()),
         ("disparity_p50", pa.float32()),
         ("disparity_p95", pa.float32()),
+        ("depth_p05", pa.float32()),
+        ("depth_p50", pa.float32()),
+        ("depth_p95", pa.float32()),
+        ("depth_edges", pa.float32()),
         ("hole_ratio", pa.float32()),
         ("right_hole_ratio", pa.float32()),
         ("motion_score", pa.float32()),
+        ("camera_motion", pa.float32()),
+        ("brightness", pa.float32()),
+        ("sharpness", pa.float32()),
+        ("black_border", pa.float32()),
+        ("phash", pa.string()),
         ("rgb_path", pa.string()),
         ("right_path", pa.string()),
         ("right_mask_path", pa.string()),
@@ -218,11 +227,15 @@ def summarize_manifest(clips: pd.DataFrame, failures: pd.DataFrame | None = None
         sizes = sorted(set(zip(clips.width, clips.height, strict=True)))
         lines.append(f"resolution: {', '.join(f'{w}x{h}' for w, h in sizes)}")
         lines.append(f"depth models: {', '.join(sorted(clips['depth_model'].unique()))}")
-        for column in ("hole_ratio", "motion_score", "disparity_p95"):
+        for column in ("hole_ratio", "depth_edges", "camera_motion", "sharpness"):
             q = clips[column].quantile([0.05, 0.5, 0.95])
             lines.append(f"{column}: p05 {q.iloc[0]:.3f}  median {q.iloc[1]:.3f}  p95 {q.iloc[2]:.3f}")
         lines.append(f"sources: {', '.join(f'{k} ({v})' for k, v in clips['source'].value_counts().items())}")
     if failures is not None:
+        filtered = failures[failures["stage"] == "filter"] if len(failures) else failures
+        failures = failures[failures["stage"] != "filter"] if len(failures) else failures
+        if len(filtered):
+            lines.append(f"filtered by quality thresholds: {len(filtered)} clips")
         videos = failures["clip_id"].isna().sum() if len(failures) else 0
         lines.append(f"failures: {len(failures)} ({videos} whole videos, {len(failures) - videos} clips)")
         for stage, count in failures["stage"].value_counts().sort_index().items() if len(failures) else []:

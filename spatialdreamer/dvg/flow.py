@@ -8,7 +8,14 @@ import torch
 from kornia.geometry import create_meshgrid
 from kornia.geometry.transform import remap
 
-__all__ = ["dis_flow", "flow_warp", "forward_backward_consistent"]
+__all__ = [
+    "dis_flow",
+    "dis_pair_flows",
+    "flow_warp",
+    "forward_backward_consistent",
+    "upscale_flow",
+    "view_flow",
+]
 
 
 def _to_gray_u8(frame: torch.Tensor) -> np.ndarray:
@@ -36,6 +43,106 @@ def dis_flow(
         for a, b in zip(source, target, strict=True)
     ]
     return torch.stack(flows).to(source.device)
+
+
+def dis_pair_flows(
+    frames: np.ndarray,
+    scale: float = 1.0,
+    preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Forward and backward DIS flow between consecutive frames of a clip, each pair once.
+
+    Args:
+        frames: ``[T,H,W,3]`` uint8 RGB (what the corpus stages pass around).
+        scale: the flow is computed on frames scaled by this factor (0.5 = a quarter of the
+            pixels, about 4x cheaper) and returned at that size, in pixels of that size;
+            :func:`upscale_flow` brings it to full size.
+        preset: OpenCV DIS preset.
+
+    Returns:
+        ``(forward, backward)``, each ``[T-1,2,h,w]`` float32 with ``forward[t]`` the flow
+        t→t+1 and ``backward[t]`` the flow t+1→t (``frame_t(p) ≈ frame_t+1(p + forward[t](p))``).
+
+    Example:
+        >>> frames = np.random.default_rng(0).integers(0, 255, (3, 32, 48, 3), dtype=np.uint8)
+        >>> fwd, bwd = dis_pair_flows(frames)
+        >>> fwd.shape, bwd.shape
+        ((2, 2, 32, 48), (2, 2, 32, 48))
+    """
+    if (
+        not isinstance(frames, np.ndarray)
+        or frames.ndim != 4
+        or frames.shape[-1] != 3
+        or frames.dtype != np.uint8
+    ):
+        shape = getattr(frames, "shape", None)
+        raise ValueError(
+            f"frames must be a [T,H,W,3] uint8 array, got {shape} {getattr(frames, 'dtype', '')}"
+        )
+    if not 0.0 < scale <= 1.0:
+        raise ValueError(f"scale must be in (0, 1], got {scale}")
+    t, h, w, _ = frames.shape
+    size = (max(8, round(w * scale)), max(8, round(h * scale)))
+    grays = []
+    for frame in frames:
+        gray = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2GRAY)
+        grays.append(cv2.resize(gray, size, interpolation=cv2.INTER_AREA) if size != (w, h) else gray)
+    dis = cv2.DISOpticalFlow_create(preset)
+    shape = (max(0, t - 1), 2, size[1], size[0])
+    forward, backward = np.empty(shape, np.float32), np.empty(shape, np.float32)
+    for i in range(t - 1):
+        forward[i] = dis.calc(grays[i], grays[i + 1], None).transpose(2, 0, 1)
+        backward[i] = dis.calc(grays[i + 1], grays[i], None).transpose(2, 0, 1)
+    return forward, backward
+
+
+def upscale_flow(flow: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Resize a ``[B,2,h,w]`` flow field to ``height x width``, scaling its vectors with it."""
+    if flow.ndim != 4 or flow.shape[1] != 2:
+        raise ValueError(f"flow must be [B,2,h,w], got {tuple(flow.shape)}")
+    h, w = flow.shape[-2:]
+    if (h, w) == (height, width):
+        return flow
+    out = torch.nn.functional.interpolate(flow, size=(height, width), mode="bilinear", align_corners=False)
+    return out * torch.tensor([width / w, height / h], device=flow.device, dtype=out.dtype).view(1, 2, 1, 1)
+
+
+def view_flow(
+    flow: torch.Tensor, disparity: torch.Tensor, disparity_next: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Carry a source-view flow into the warped (other-eye) view, without estimating it again.
+
+    A source pixel ``p`` of frame t lands at ``p - d_t(p)`` in the other eye; its match in
+    frame t+1 is ``q = p + flow(p)``, which lands at ``q - d_t+1(q)``. So the other eye's flow
+    at ``p - d_t(p)`` is ``flow(p)`` with its x component corrected by ``d_t(p) - d_t+1(q)``,
+    splatted there with :func:`spatialdreamer.dvg.forward_warp` (nearest pixel wins). Pure
+    torch: runs where the tensors are.
+
+    Args:
+        flow: ``[B,2,H,W]`` flow t→t+1 of the source view.
+        disparity: ``[B,1,H,W]`` source disparity of frame t (pixels, larger = nearer).
+        disparity_next: ``[B,1,H,W]`` source disparity of frame t+1.
+
+    Returns:
+        ``(flow, holes)``: the other eye's flow ``[B,2,H,W]`` (zero in holes) and its holes
+        ``[B,1,H,W]`` bool (no source pixel lands there).
+    """
+    from spatialdreamer.dvg.warp import forward_warp
+
+    if disparity.shape != disparity_next.shape or flow.shape[0] != disparity.shape[0]:
+        raise ValueError(
+            f"flow [B,2,H,W] and both disparities [B,1,H,W] must match, got {tuple(flow.shape)}, "
+            f"{tuple(disparity.shape)} and {tuple(disparity_next.shape)}"
+        )
+    if flow.shape[2:] != disparity.shape[2:] or flow.shape[1] != 2:
+        raise ValueError(
+            f"flow must be [B,2,H,W] matching disparity {tuple(disparity.shape)}, got {tuple(flow.shape)}"
+        )
+    next_at = flow_warp(disparity_next.to(flow.dtype), flow)
+    dx = flow[:, :1] + disparity.to(flow.dtype) - next_at
+    carried = torch.cat([dx, flow[:, 1:]], dim=1)
+    warped = forward_warp(carried, disparity.to(flow.dtype))
+    return warped.image.masked_fill(warped.holes, 0.0), warped.holes
 
 
 def flow_warp(image: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:

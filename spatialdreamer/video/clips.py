@@ -13,27 +13,36 @@ __all__ = ["Clip", "ClipSplitter", "clip_ranges", "resize_and_crop"]
 
 
 def clip_ranges(
-    shot_starts: Sequence[int], total_frames: int, clip_length: int, stride: int, min_length: int
+    shot_starts: Sequence[int],
+    total_frames: int,
+    clip_length: int,
+    stride: int,
+    min_length: int,
+    trim: int = 0,
 ) -> list[tuple[int, int, int]]:
     """``(shot_index, start, end)`` frame ranges of the clips of a video; clips never cross cuts.
 
     Each shot is cut into windows of ``clip_length`` every ``stride`` frames; a shot's tail
     shorter than ``clip_length`` becomes one clip if it has at least ``min_length`` frames.
+    ``trim`` frames are left out on both sides of every cut (not at the video's first or last
+    frame): frames next to a cut are often part of a transition or compressed badly.
 
     Example:
         >>> clip_ranges([0, 20], 50, clip_length=8, stride=8, min_length=4)
         [(0, 0, 8), (0, 8, 16), (0, 16, 20), (1, 20, 28), (1, 28, 36), (1, 36, 44), (1, 44, 50)]
+        >>> clip_ranges([0, 20], 50, clip_length=8, stride=8, min_length=4, trim=2)
+        [(0, 0, 8), (0, 8, 16), (1, 22, 30), (1, 30, 38), (1, 38, 46), (1, 46, 50)]
     """
-    if clip_length < 1 or stride < 1 or not 1 <= min_length <= clip_length:
+    if clip_length < 1 or stride < 1 or not 1 <= min_length <= clip_length or trim < 0:
         raise ValueError(
-            f"need clip_length >= 1, stride >= 1, 1 <= min_length <= clip_length; "
-            f"got {clip_length}, {stride}, {min_length}"
+            f"need clip_length >= 1, stride >= 1, 1 <= min_length <= clip_length, trim >= 0; "
+            f"got {clip_length}, {stride}, {min_length}, {trim}"
         )
     starts = sorted({s for s in shot_starts if 0 <= s < total_frames} | {0}) if total_frames > 0 else []
     ranges = []
     for shot, begin in enumerate(starts):
-        stop = starts[shot + 1] if shot + 1 < len(starts) else total_frames
-        position = begin
+        stop = starts[shot + 1] - trim if shot + 1 < len(starts) else total_frames
+        position = begin + trim if begin > 0 else begin
         while position < stop:
             end = min(position + clip_length, stop)
             if end - position >= min_length:
@@ -81,17 +90,18 @@ class ClipSplitter:
     """Cuts a frame stream into the clips :func:`clip_ranges` plans, without knowing the length.
 
     Push frames in order with their shot-cut flags; each push returns the clips it completed.
-    It holds at most ``clip_length`` frames, so memory does not grow with the video, and the
-    clips are exactly ``clip_ranges(cuts, total, clip_length, stride, min_length)``.
+    A window is handed on once ``trim`` more frames have come without a cut (so it is not too
+    close to the next cut). It holds at most ``clip_length + trim`` frames, so memory does not
+    grow with the video, and the clips are exactly
+    ``clip_ranges(cuts, total, clip_length, stride, min_length, trim)``.
     """
 
-    def __init__(self, clip_length: int, stride: int, min_length: int):
-        clip_ranges([], 0, clip_length, stride, min_length)  # validates the arguments
-        self.clip_length, self.stride, self.min_length = clip_length, stride, min_length
+    def __init__(self, clip_length: int, stride: int, min_length: int, trim: int = 0):
+        clip_ranges([], 0, clip_length, stride, min_length, trim)  # validates the arguments
+        self.clip_length, self.stride, self.min_length, self.trim = clip_length, stride, min_length, trim
         self.buffer: list[tuple[int, torch.Tensor, float]] = []  # (index, frame, timestamp)
         self.index = -1  # index of the last frame pushed
         self.shot = -1
-        self.shot_start = 0
         self.next_start = 0  # start of the next window in this shot
         self.covered = 0  # end of the last clip emitted in this shot
 
@@ -100,29 +110,38 @@ class ClipSplitter:
         ready = []
         if cut or self.shot < 0:
             if self.index > 0:
-                ready.extend(self._tail(self.index))
+                ready.extend(self._close(self.index - self.trim))
             self.shot += 1
-            self.shot_start = self.next_start = self.covered = self.index
+            self.next_start = self.index + (self.trim if self.index > 0 else 0)
+            self.covered = self.index
             self.buffer = []
         if self.index >= self.next_start:
             self.buffer.append((self.index, frame, timestamp))
-        if self.index + 1 - self.next_start == self.clip_length:
-            ready.append(self._make(self.next_start, self.index + 1))
-            self.next_start += self.stride
-            self.buffer = [b for b in self.buffer if b[0] >= self.next_start]
+        if self.index + 1 - self.next_start == self.clip_length + self.trim:
+            ready.append(self._make(self.next_start, self.next_start + self.clip_length))
+            self._advance()
         return ready
 
     def finish(self) -> list[Clip]:
-        """The last shot's tail clip, if long enough; call once after the last frame."""
-        ready = self._tail(self.index + 1) if self.shot >= 0 else []
+        """The last shot's remaining clips, if long enough; call once after the last frame."""
+        ready = self._close(self.index + 1) if self.shot >= 0 else []
         self.buffer = []
         return ready
 
-    def _tail(self, stop: int) -> list[Clip]:
+    def _advance(self) -> None:
+        self.next_start += self.stride
+        self.buffer = [b for b in self.buffer if b[0] >= self.next_start]
+
+    def _close(self, stop: int) -> list[Clip]:
+        """End the current shot at ``stop``: its full windows not yet handed on, then its tail."""
+        ready = []
+        while self.next_start + self.clip_length <= stop:
+            ready.append(self._make(self.next_start, self.next_start + self.clip_length))
+            self._advance()
         start = self.next_start
-        if self.covered >= stop or stop - start < self.min_length:  # nothing new, or too short
-            return []
-        return [self._make(start, stop)]
+        if self.covered < stop and stop - start >= self.min_length:
+            ready.append(self._make(start, stop))
+        return ready
 
     def _make(self, start: int, stop: int) -> Clip:
         items = [b for b in self.buffer if start <= b[0] < stop]

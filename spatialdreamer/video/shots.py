@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import deque
+
 import cv2
 import numpy as np
 import torch
@@ -12,22 +14,38 @@ __all__ = ["CutDetector"]
 class CutDetector:
     """Flags the first frame of each new shot from colour-histogram changes.
 
-    A frame starts a shot when the Bhattacharyya distance between its HSV histogram and the
-    previous frame's exceeds ``threshold`` and at least ``min_shot`` frames have passed since
-    the last cut (so flashes and fast pans do not split a shot into fragments). Stateful:
-    feed chunks in order. The very first frame is always a cut.
+    Two tests on the HSV histogram's Bhattacharyya distance, both against ``threshold``:
+
+    - a **hard cut** at frame t when t differs from t-1 — always honoured, however close to
+      the previous cut (a shot of 4 frames between two cuts gives two cuts; short shots are
+      dropped later by the clip planner, never merged into a neighbour);
+    - a **gradual transition** (dissolve, fade, wipe) at frame t when t differs from frame
+      t-``window`` although no single step did, and no cut was flagged within ``window``
+      frames. The frames on both sides of it are then removed by trimming near cuts
+      (:class:`~spatialdreamer.video.clips.ClipSplitter`'s ``trim``).
+
+    A flash gives two cuts around it (its frames fall in a too-short shot). Stateful: feed
+    chunks in order. The very first frame is always a cut.
+
+    Example:
+        >>> frames = torch.zeros(12, 3, 16, 16, dtype=torch.uint8)
+        >>> frames[5:7] = 255; frames[7:] = 120   # shots of 5, 2 and 5 frames
+        >>> [i for i, cut in enumerate(CutDetector()(frames)) if cut]
+        [0, 5, 7]
     """
 
-    def __init__(self, threshold: float = 0.45, min_shot: int = 8, bins: tuple[int, int, int] = (16, 8, 8)):
+    def __init__(self, threshold: float = 0.45, window: int = 8, bins: tuple[int, int, int] = (16, 8, 8)):
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+        if int(window) < 2:
+            raise ValueError(f"window must be >= 2 frames, got {window}")
         self.threshold = threshold
-        self.min_shot = max(1, int(min_shot))
+        self.window = int(window)
         self.bins = bins
         self.reset()
 
     def reset(self) -> None:
-        self._previous: np.ndarray | None = None
+        self._history: deque[np.ndarray] = deque(maxlen=self.window + 1)
         self._since_cut = 0
 
     def _histogram(self, frame: np.ndarray) -> np.ndarray:
@@ -36,6 +54,9 @@ class CutDetector:
         hist = cv2.calcHist([hsv], [0, 1, 2], None, list(self.bins), [0, 180, 0, 256, 0, 256])
         return cv2.normalize(hist, hist).astype(np.float32)
 
+    def _distance(self, a: np.ndarray, b: np.ndarray) -> float:
+        return float(cv2.compareHist(a, b, cv2.HISTCMP_BHATTACHARYYA))
+
     def __call__(self, frames: torch.Tensor) -> list[bool]:
         """``frames`` ``[T,3,H,W]`` uint8 RGB; returns one flag per frame (True = new shot)."""
         if frames.ndim != 4 or frames.shape[1] != 3 or frames.dtype != torch.uint8:
@@ -43,12 +64,19 @@ class CutDetector:
         flags = []
         for frame in frames.permute(0, 2, 3, 1).cpu().numpy():
             hist = self._histogram(np.ascontiguousarray(frame))
-            if self._previous is None:
+            if not self._history or self._distance(self._history[-1], hist) > self.threshold:
                 cut = True
             else:
-                distance = cv2.compareHist(self._previous, hist, cv2.HISTCMP_BHATTACHARYYA)
-                cut = distance > self.threshold and self._since_cut >= self.min_shot
-            self._since_cut = 0 if cut else self._since_cut + 1
-            self._previous = hist
+                cut = (
+                    self._since_cut >= self.window
+                    and len(self._history) > self.window
+                    and self._distance(self._history[0], hist) > self.threshold
+                )
+            if cut:
+                self._history.clear()
+                self._since_cut = 0
+            else:
+                self._since_cut += 1
+            self._history.append(hist)
             flags.append(bool(cut))
         return flags

@@ -1,0 +1,47 @@
+"""Batch dicts as Ray Data hands them to ``map_batches`` stages, and the compact encodings that
+cross the object store between stages (uint8 frames, bit-packed masks, uint16 disparity)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["column", "pack_mask", "rows_to_batch", "select", "tensor", "unpack_mask"]
+
+
+def column(values: list) -> np.ndarray:
+    """A batch column: stacked when the arrays share a shape, else an object array (ragged)."""
+    if values and isinstance(values[0], np.ndarray) and values[0].ndim > 0:
+        if all(v.shape == values[0].shape and v.dtype == values[0].dtype for v in values):
+            return np.stack(values)
+        out = np.empty(len(values), dtype=object)
+        out[:] = values
+        return out
+    if values and isinstance(values[0], str | bytes):
+        return np.array(values, dtype=object)
+    return np.array(values)
+
+
+def rows_to_batch(rows: list[dict]) -> dict[str, np.ndarray]:
+    """Rows → a batch dict (what Ray Data hands a ``map_batches`` stage)."""
+    return {key: column([r[key] for r in rows]) for key in rows[0]}
+
+
+def select(batch: dict[str, np.ndarray], keep: list[int], drop: tuple[str, ...] = ()) -> dict[str, list]:
+    """The rows ``keep`` of a batch as lists per column, without the columns in ``drop``."""
+    return {key: [values[i] for i in keep] for key, values in batch.items() if key not in drop}
+
+
+def tensor(a: np.ndarray, dtype=None) -> torch.Tensor:
+    """A tensor of a batch column's entry (copied: Ray hands out read-only views of its store)."""
+    return torch.from_numpy(np.array(a, dtype=dtype, copy=True))
+
+
+def pack_mask(mask: torch.Tensor) -> np.ndarray:
+    """``[T,H,W]`` bool → ``[T,H,ceil(W/8)]`` uint8, 8 pixels a byte (lossless)."""
+    return np.packbits(mask.cpu().numpy().astype(bool), axis=-1)
+
+
+def unpack_mask(bits: np.ndarray, width: int) -> np.ndarray:
+    """Inverse of :func:`pack_mask`: ``[T,H,W]`` bool."""
+    return np.unpackbits(np.asarray(bits, dtype=np.uint8), axis=-1, count=width).astype(bool)
