@@ -25,10 +25,10 @@ from spatialdreamer.corpus import (
     split_video,
     write_clip_stage,
 )
-from spatialdreamer.data import load_manifest, storage
-from spatialdreamer.data.ids import video_id
 from spatialdreamer.corpus.batches import unpack_mask
+from spatialdreamer.data import load_manifest, storage
 from spatialdreamer.data.codecs import disparity_from_u16
+from spatialdreamer.data.ids import video_id
 from spatialdreamer.data.shards import SHARD_FILES, read_clip
 from spatialdreamer.synth import iter_frames, random_spec
 from spatialdreamer.synth.videos import write_scene
