@@ -1,6 +1,14 @@
-"""Corpus-builder throughput and memory: the Ray Data job vs the same stages in a plain loop.
+"""Corpus-builder throughput and memory, per-stage costs and a capacity plan.
 
     python benchmarks/build_dataset.py [--videos 6] [--seconds 2] [--size 320x192] [--config demo]
+    python benchmarks/build_dataset.py --plan VIDEOS MINUTES --gpus G --cpus C [--config default]
+
+``--plan`` measures each stage's cost here on synth video (CPU-s per frame or clip, bytes per
+clip through the object store, GPU-s per frame when a GPU is present; otherwise the GPU rates
+are the stated assumptions ``--depth-fps``/``--dvg-fps``), for the code as it is and for the
+landed code's layout (flow on the GPU actor's CPU, float pixels and source frames through the
+object store, CPU stages capped at 16 tasks), and prints for that cluster each stage's
+throughput, the bottleneck, GPU utilisation and wall time. Without ``--plan``:
 
 Writes N synth videos (and 4N for the memory check), then runs, each in a fresh subprocess in
 its own session:
@@ -128,10 +136,247 @@ def _write_videos(folder: Path, count: int, seconds: float, size: tuple[int, int
             write_scene(spec, folder, f"v{i:04d}", audio=False)
 
 
+def _nbytes(batch: dict) -> int:
+    """Bytes a batch dict puts in the object store (array data and encoded bytes)."""
+    import numpy as np
+
+    total = 0
+    for values in batch.values():
+        items = values if values.dtype == object else [values]
+        total += sum(len(v) if isinstance(v, bytes) else np.asarray(v).nbytes for v in items)
+    return total
+
+
+def measure_stages(config_name: str, source_size: tuple[int, int], work: Path, clips: int = 4) -> dict:
+    """Per-stage costs of the corpus stages here, with one torch thread (CPU-s measured as
+    process time): split per source frame, prepare/write per clip, the flow of both layouts per
+    clip, and bytes per clip between stages for both layouts."""
+    import torch
+
+    from pipelines.build_dataset import load_config
+    from spatialdreamer.corpus import CorpusConfig, DepthDVGStage, prepare_clips, rows_to_batch, split_video
+    from spatialdreamer.corpus.prepare import encode_rgb_bytes
+    from spatialdreamer.corpus.write import write_clip_stage
+    from spatialdreamer.data.ids import video_id
+    from spatialdreamer.dvg.flow import dis_flow, dis_pair_flows
+
+    torch.set_num_threads(1)
+    config = load_config(config_name)
+    length = config.clip_length
+    w, h = source_size
+    frames_needed = length * clips
+    from spatialdreamer.synth import random_spec
+    from spatialdreamer.synth.videos import write_scene
+
+    spec = random_spec(7, height=h, width=w, frames=frames_needed, fps=24.0)
+    path = str(write_scene(spec, work / "source", "source", audio=False).left)
+    row = {"path": path, "video_id": video_id(path), "source": "bench", "license": "", "tags": []}
+    # the CPU-measurable stages run with the weight-free depth model; the GPU rate is separate
+    cpu_config = CorpusConfig.from_dict({**config.__dict__, "depth_model": "parallax", "device": "cpu"})
+    began = time.process_time()
+    rows = list(split_video(row, str(work / "scratch_split"), cpu_config))
+    split_per_frame = (time.process_time() - began) / frames_needed
+    rows = [r for r in rows if r["frames"].shape[0] == length][:clips]
+    stage = DepthDVGStage(cpu_config, str(work / "scratch"), device="cpu")
+    prepare_s = write_s = flow_before = flow_after = rgb_s = 0.0
+    bytes_split = bytes_prepared = bytes_dvg = 0
+    for r in rows:
+        batch = rows_to_batch([r])
+        bytes_split += _nbytes(batch)
+        t0 = time.process_time()
+        prepared = prepare_clips(batch, str(work / "scratch"), cpu_config)
+        prepare_s += time.process_time() - t0
+        bytes_prepared += _nbytes(prepared)
+        out = stage(prepared)
+        bytes_dvg += _nbytes(out)
+        t0 = time.process_time()
+        write_clip_stage(out, str(work / "scratch"), cpu_config)
+        write_s += time.process_time() - t0
+        t0 = time.process_time()
+        encode_rgb_bytes(r["frames"], 24.0, cpu_config.crf)
+        rgb_s += time.process_time() - t0
+        t0 = time.process_time()
+        dis_pair_flows(r["frames"], scale=cpu_config.flow_scale)
+        flow_after += time.process_time() - t0
+        # the landed code: DIS t->t+1 and t+1->t on the source view, then again on the warped
+        # view, at full size (4 (T-1) calls), on the GPU actor's CPU
+        x = torch.from_numpy(r["frames"]).permute(0, 3, 1, 2).float() / 255
+        t0 = time.process_time()
+        for _ in range(2):
+            dis_flow(x[:-1], x[1:])
+            dis_flow(x[1:], x[:-1])
+        flow_before += time.process_time() - t0
+    n = len(rows)
+    t, hh, ww = length, config.height, config.width
+    landed_in = t * hh * ww * 3  # uint8 frames into depth + DVG
+    landed_out = t * hh * ww * (3 + 3 + 3 + 1 + 1 + 4)  # frames, right, back u8; 2 bool masks; f32 disparity
+    gpu = _measure_gpu(config, rows) if torch.cuda.is_available() else None
+    return {
+        "clip_length": length,
+        "split_cpu_s_per_frame": split_per_frame,
+        "prepare_cpu_s_per_clip": prepare_s / n,
+        "write_cpu_s_per_clip": write_s / n,
+        "rgb_encode_cpu_s_per_clip": rgb_s / n,
+        "flow_cpu_s_per_clip_before": flow_before / n,
+        "flow_cpu_s_per_clip_after": flow_after / n,
+        "bytes_before": {"split->dvg": landed_in, "dvg->write": landed_out},
+        "bytes_after": {
+            "split->prepare": bytes_split / n,
+            "prepare->dvg": bytes_prepared / n,
+            "dvg->write": bytes_dvg / n,
+        },
+        "gpu_s_per_frame": gpu,
+        "actor_host_s_per_clip": _actor_host_s_per_clip(bytes_prepared / n, bytes_dvg / n),
+        "flow_scale": cpu_config.flow_scale,
+    }
+
+
+def _actor_host_s_per_clip(bytes_in: float, bytes_out: float, repeats: int = 5) -> float:
+    """Host-side seconds per clip of a depth + DVG actor on a GPU, measured as memory copies
+    here: the inputs to the device, the outputs back, and their put into the object store
+    (the ops themselves, packing masks and disparity codes included, run on the device)."""
+    import numpy as np
+
+    source = np.ones(int(bytes_in + 2 * bytes_out), dtype=np.uint8)
+    target = np.empty_like(source)
+    began = time.perf_counter()
+    for _ in range(repeats):
+        np.copyto(target, source)
+    return (time.perf_counter() - began) / repeats
+
+
+def _measure_gpu(config, rows: list[dict]) -> float | None:
+    """GPU-s per frame of depth + DVG with the config's depth model on CUDA (None if it cannot load)."""
+    import torch
+
+    from spatialdreamer.corpus import DepthDVGStage, prepare_clips, rows_to_batch
+
+    try:
+        stage = DepthDVGStage(config, "/tmp/bench-gpu-scratch", device="cuda")
+    except Exception as exc:
+        print(f"  (GPU present but the depth model did not load: {str(exc).splitlines()[0]})")
+        return None
+    batches = [prepare_clips(rows_to_batch(rows[i : i + 4]), "/tmp/bench-gpu-scratch", config) for i in (0,)]
+    stage(batches[0])  # warm-up
+    torch.cuda.synchronize()
+    began = time.perf_counter()
+    for _ in range(3):
+        stage(batches[0])
+    torch.cuda.synchronize()
+    return (time.perf_counter() - began) / (3 * sum(len(f) for f in batches[0]["frames"]))
+
+
+def _plan(costs: dict, videos: int, minutes: float, gpus: int, cpus: int, args) -> None:
+    """Print the capacity plan for the landed layout and for this one."""
+    t = costs["clip_length"]
+    frames = videos * minutes * 60 * args.fps
+    clips = frames / t
+    measured_gpu = costs["gpu_s_per_frame"]
+    gpu_s_frame = measured_gpu if measured_gpu else 1 / args.depth_fps + 1 / args.dvg_fps
+    gpu_clip = gpu_s_frame * t
+    split_clip = costs["split_cpu_s_per_frame"] * t * args.source_cost
+    mib = 2**20
+    print(
+        f"\nplan: {videos} videos x {minutes:g} min at {args.fps:g} fps = {frames / 1e6:.2f} M frames, "
+        f"{clips / 1e3:.0f} k clips of {t} frames; {gpus} GPUs, {cpus} CPUs"
+    )
+    if measured_gpu:
+        print(f"  GPU depth + DVG measured here: {1 / measured_gpu:.0f} frames/s per GPU")
+    else:
+        print(
+            f"  GPU rates ASSUMED (no GPU here): depth {args.depth_fps:g} frames/s, warp + masks "
+            f"{args.dvg_fps:g} frames/s per GPU -> {gpu_clip * 1e3:.0f} GPU-ms per clip"
+        )
+    print(
+        f"  measured here per clip: split {split_clip:.3f} CPU-s (x{args.source_cost:g} for the source "
+        f"size), prepare {costs['prepare_cpu_s_per_clip']:.3f}, write {costs['write_cpu_s_per_clip']:.3f}; "
+        f"flow {costs['flow_cpu_s_per_clip_before']:.3f} (landed) vs "
+        f"{costs['flow_cpu_s_per_clip_after']:.3f} CPU-s; GPU actor host work "
+        f"{costs['actor_host_s_per_clip'] * 1e3:.0f} ms (serial with the GPU work)"
+    )
+
+    def report(label: str, stages: dict[str, float], gpu_busy_per_clip: float, gpu_bytes: float) -> None:
+        bottleneck = min(stages, key=stages.get)
+        rate = stages[bottleneck]
+        wall = clips / rate
+        util = min(1.0, rate * gpu_busy_per_clip / gpus)
+        print(f"\n  {label}")
+        for name, value in stages.items():
+            mark = "  <- bottleneck" if name == bottleneck else ""
+            print(f"    {name:<34} {value:8.1f} clips/s{mark}")
+        print(
+            f"    wall {wall / 3600:.2f} h, GPUs {100 * util:.0f} % busy, "
+            f"{gpu_bytes / mib:.1f} MiB per clip in+out of the GPU stage "
+            f"({rate * gpu_bytes / gpus / 1e9 * 8:.2f} Gb/s per GPU node)"
+        )
+
+    before_bytes = sum(costs["bytes_before"].values())
+    flow_before = costs["flow_cpu_s_per_clip_before"]
+    write_before = costs["write_cpu_s_per_clip"] + costs["rgb_encode_cpu_s_per_clip"]
+    report(
+        "landed code (flow on each GPU actor's one CPU, CPU stages capped at 16 tasks)",
+        {
+            "split (16 tasks)": 16 / split_clip,
+            "depth + DVG + flow (1 actor per GPU)": gpus / (gpu_clip + flow_before),
+            "write (16 tasks)": 16 / write_before,
+        },
+        gpu_clip,
+        before_bytes,
+    )
+    after = costs["bytes_after"]
+    cpu_pool = max(1.0, cpus - gpus)  # one CPU per GPU actor feeds its GPU
+    cpu_per_clip = split_clip + costs["prepare_cpu_s_per_clip"] + costs["write_cpu_s_per_clip"]
+    report(
+        "this code (CPU stages scale over the cluster's CPUs, flow in the prepare stage)",
+        {
+            "split + prepare + write (CPU pool)": cpu_pool / cpu_per_clip,
+            "depth + DVG (1 actor per GPU)": gpus / (gpu_clip + costs["actor_host_s_per_clip"]),
+        },
+        gpu_clip,
+        after["prepare->dvg"] + after["dvg->write"],
+    )
+    longest = minutes * 60 * args.fps * costs["split_cpu_s_per_frame"] * args.source_cost
+    print(f"\n  longest serial task: one video's split, {longest / 60:.1f} min (videos are not segmented)")
+
+
+def _print_costs(costs: dict) -> None:
+    mib = 2**20
+    before, after = costs["bytes_before"], costs["bytes_after"]
+    print("\nbytes per clip through the object store")
+    print(
+        f"  landed: split->dvg {before['split->dvg'] / mib:.2f} MiB, "
+        f"dvg->write {before['dvg->write'] / mib:.2f} MiB"
+        f"  = {sum(before.values()) / mib:.2f} MiB (GPU stage in+out {sum(before.values()) / mib:.2f} MiB)"
+    )
+    print(
+        f"  now:    split->prepare {after['split->prepare'] / mib:.2f} MiB, prepare->dvg "
+        f"{after['prepare->dvg'] / mib:.2f} MiB, dvg->write {after['dvg->write'] / mib:.2f} MiB"
+        f"  = {sum(after.values()) / mib:.2f} MiB (GPU stage in+out "
+        f"{(after['prepare->dvg'] + after['dvg->write']) / mib:.2f} MiB)"
+    )
+    print(
+        f"optical flow per clip: landed {costs['flow_cpu_s_per_clip_before']:.3f} CPU-s on the GPU "
+        f"actor's CPU (4 (T-1) DIS calls, full size); now {costs['flow_cpu_s_per_clip_after']:.3f} "
+        f"CPU-s in the prepare stage (2 (T-1) calls at flow_scale {costs['flow_scale']:g})"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--plan", nargs=2, type=float, metavar=("VIDEOS", "MINUTES"), default=None)
+    parser.add_argument("--gpus", type=int, default=8)
+    parser.add_argument("--cpus", type=int, default=512)
+    parser.add_argument("--fps", type=float, default=24.0, help="source frame rate in the plan")
+    parser.add_argument("--source-size", default="1280x720", help="synth source size for the split cost")
+    parser.add_argument(
+        "--source-cost", type=float, default=1.0, help="scale the split cost (e.g. 2.25 for 1080p)"
+    )
+    parser.add_argument(
+        "--depth-fps", type=float, default=300.0, help="assumed depth frames/s per GPU (no GPU here)"
+    )
+    parser.add_argument("--dvg-fps", type=float, default=1000.0, help="assumed warp + mask frames/s per GPU")
     parser.add_argument("--videos", type=int, default=6, help="N: videos in the throughput runs")
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--size", default="320x192")
@@ -142,6 +387,14 @@ def main() -> None:
     if args.child:
         mode, videos, out, config, threads = args.child
         _child(mode, videos, out, config, int(threads))
+        return
+    if args.plan:
+        config = args.config if args.config != "demo" else "default"
+        with tempfile.TemporaryDirectory(prefix="bench-plan-") as scratch:
+            size = tuple(int(v) for v in args.source_size.lower().split("x"))
+            costs = measure_stages(config, size, Path(args.work or scratch))
+        _print_costs(costs)
+        _plan(costs, int(args.plan[0]), args.plan[1], args.gpus, args.cpus, args)
         return
 
     size = tuple(int(v) for v in args.size.lower().split("x"))

@@ -3,15 +3,20 @@ cross the object store between stages (uint8 frames, bit-packed masks, uint16 di
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-__all__ = ["column", "pack_mask", "rows_to_batch", "select", "tensor", "unpack_mask"]
+__all__ = ["column", "pack_mask", "rows_to_batch", "select", "tensor", "unpack_mask", "view_tensor"]
 
 
 def column(values: list) -> np.ndarray:
     """A batch column: stacked when the arrays share a shape, else an object array (ragged)."""
     if values and isinstance(values[0], np.ndarray) and values[0].ndim > 0:
+        if len(values) == 1:  # a view, not a copy (a batch of one clip is the common case)
+            return values[0][None]
         if all(v.shape == values[0].shape and v.dtype == values[0].dtype for v in values):
             return np.stack(values)
         out = np.empty(len(values), dtype=object)
@@ -37,9 +42,29 @@ def tensor(a: np.ndarray, dtype=None) -> torch.Tensor:
     return torch.from_numpy(np.array(a, dtype=dtype, copy=True))
 
 
+def view_tensor(a: np.ndarray) -> torch.Tensor:
+    """A tensor sharing a batch entry's memory, without a copy. Ray's object store hands out
+    read-only arrays: the tensor must only be read (e.g. moved to a device or converted)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.asarray(a))
+
+
+_BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)
+
+
 def pack_mask(mask: torch.Tensor) -> np.ndarray:
-    """``[T,H,W]`` bool → ``[T,H,ceil(W/8)]`` uint8, 8 pixels a byte (lossless)."""
-    return np.packbits(mask.cpu().numpy().astype(bool), axis=-1)
+    """``[T,H,W]`` bool → ``[T,H,ceil(W/8)]`` uint8, 8 pixels a byte, first pixel in the high
+    bit (as ``np.packbits``). Packed where the mask is (on a GPU, 1/8 of it crosses to the host).
+
+    Example:
+        >>> pack_mask(torch.tensor([[[True] + [False] * 8]])).tolist()
+        [[[128, 0]]]
+    """
+    t, h, w = mask.shape
+    bits = F.pad(mask.to(torch.uint8), (0, -w % 8)).view(t, h, -1, 8)
+    weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=mask.device)
+    return (bits * weights).sum(-1, dtype=torch.uint8).cpu().numpy()
 
 
 def unpack_mask(bits: np.ndarray, width: int) -> np.ndarray:

@@ -14,7 +14,7 @@ import hashlib
 import numpy as np
 import torch
 
-from spatialdreamer.corpus.batches import column, pack_mask, select, tensor
+from spatialdreamer.corpus.batches import column, pack_mask, select, view_tensor
 from spatialdreamer.corpus.config import CorpusConfig
 from spatialdreamer.corpus.prepare import FILTER_STAGE
 from spatialdreamer.corpus.records import TransientError, is_transient, record_failure, retry_transient
@@ -43,7 +43,7 @@ def disparity_codes(disparity: torch.Tensor) -> np.ndarray:
     """Pixels → the uint16 storage codes of :func:`spatialdreamer.data.disparity_to_u16`,
     computed where the tensor is (only 2 bytes a pixel leave the device)."""
     codes = torch.round(disparity.float() * DISPARITY_SCALE) + DISPARITY_OFFSET
-    return codes.clamp_(0, 65535).to(torch.int32).cpu().numpy().astype(np.uint16)
+    return codes.clamp_(0, 65535).to(torch.int32).to(torch.uint16).cpu().numpy()
 
 
 class DepthDVGStage:
@@ -98,7 +98,7 @@ class DepthDVGStage:
             return both[: t - 1], both[t - 1 :]
         h, w = frames.shape[-2:]
         forward, backward = (
-            upscale_flow(tensor(batch[key][i]).to(self.device).float(), h, w)
+            upscale_flow(view_tensor(batch[key][i]).to(self.device).float(), h, w)
             for key in ("flow_forward", "flow_backward")
         )
         return forward, backward
@@ -141,7 +141,7 @@ class DepthDVGStage:
         ids = [str(c) for c in batch["clip_id"]]
         results: dict[int, dict] = {}
         frames = [
-            tensor(batch["frames"][i]).to(self.device).permute(0, 3, 1, 2).float() / 255.0
+            view_tensor(batch["frames"][i]).to(self.device).permute(0, 3, 1, 2).float() / 255.0
             for i in range(len(ids))
         ]
         try:
