@@ -141,6 +141,18 @@ def test_flow_carried_into_the_other_eye_matches_its_motion():
     assert error(carried) < error(scene.flow)  # the disparity change is accounted for
 
 
+def test_carried_flow_follows_a_change_of_depth():
+    """Still in the source view, but coming nearer (disparity 2 -> 5 px): in the other eye the
+    surface moves 3 px to the left."""
+    flow = torch.zeros(1, 2, 8, 32)
+    carried, holes = view_flow(flow, torch.full((1, 1, 8, 32), 2.0), torch.full((1, 1, 8, 32), 5.0))
+    inside = ~holes[0, 0, :, 4:-4]
+    assert torch.allclose(carried[0, 0, :, 4:-4][inside], torch.tensor(-3.0))
+    assert torch.allclose(carried[0, 1], torch.tensor(0.0))
+    with pytest.raises(ValueError, match="flow"):
+        view_flow(torch.zeros(1, 2, 8, 30), torch.zeros(1, 1, 8, 32), torch.zeros(1, 1, 8, 32))
+
+
 def test_dvg_stage_uses_the_handed_in_flow_and_runs_no_dis(tiny, clip_rows, tmp_path, monkeypatch):
     prepared = prepare_clips(rows_to_batch(clip_rows[:1]), str(tmp_path), tiny)
 

@@ -138,7 +138,9 @@ class DepthDVGStage:
         return out
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        ids = [str(c) for c in batch["clip_id"]]
+        ids = [str(c) for c in batch.get("clip_id", [])]
+        if not ids:  # every clip of the block was filtered or failed upstream
+            return {key: values for key, values in batch.items() if key not in DROPPED_COLUMNS}
         results: dict[int, dict] = {}
         frames = [
             view_tensor(batch["frames"][i]).to(self.device).permute(0, 3, 1, 2).float() / 255.0

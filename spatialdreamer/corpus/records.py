@@ -63,7 +63,8 @@ _TRANSIENT_ERRNOS = {
 }
 _TRANSIENT_TEXT = re.compile(
     r"out of memory|slow ?down|throttl|too many requests|rate exceeded|\b503\b|\b429\b|"
-    r"service unavailable|temporar(il)?y|connection (reset|refused|aborted)|timed? ?out",
+    r"service unavailable|temporar(il)?y unavailable|temporary failure|"
+    r"connection (reset|refused|aborted)|timed? ?out",
     re.IGNORECASE,
 )
 
