@@ -158,6 +158,33 @@ def _pool(size: int | None, retries: int, num_cpus: float):
     }
 
 
+def _dvg_pool(ray, config: CorpusConfig, device: str) -> dict:
+    """Actor-pool settings of depth + DVG: on CUDA one actor per GPU share, up to every GPU the
+    cluster has or its autoscaler may add (``dvg_actors: [min, null]``), batches of
+    ``dvg_batch_size`` clips; on CPU one clip per call, up to half the cluster's CPUs."""
+    from ray.data import ActorPoolStrategy
+
+    low, high = config.dvg_actors
+    if device == "cuda":
+        if high is None:
+            gpus = max(ray.cluster_resources().get("GPU", 0), _max_cluster_gpus() or 0)
+            high = max(low, int(gpus / max(config.gpus_per_dvg_actor, 1e-6)))
+        return {
+            "compute": ActorPoolStrategy(min_size=low, max_size=high),
+            "batch_size": config.dvg_batch_size,
+            "num_gpus": config.gpus_per_dvg_actor,
+            "num_cpus": config.dvg_num_cpus,
+        }
+    if high is None:
+        cpus = ray.cluster_resources().get("CPU", 1)
+        high = max(low, int(cpus / max(config.dvg_num_cpus, 1e-6)) // 2)
+    return {
+        "compute": ActorPoolStrategy(min_size=low, max_size=high),
+        "batch_size": 1,
+        "num_cpus": config.dvg_num_cpus,
+    }
+
+
 def run_stages(
     pending: list[dict], root: str, config: CorpusConfig, ray_address: str | None = None
 ) -> tuple[int, int, str]:
@@ -166,7 +193,7 @@ def run_stages(
     Streaming end to end (no groupby, sort or materialize): memory holds a few blocks per stage.
     """
     ray = _init_ray(ray_address)
-    from ray.data import ActorPoolStrategy, DataContext
+    from ray.data import DataContext
 
     context = DataContext.get_current()
     context.target_max_block_size = _BLOCK_BYTES
@@ -175,19 +202,7 @@ def run_stages(
 
     device, reason = choose_device(ray, config)
     print(f"build_dataset: depth + DVG on {device} ({reason})", file=sys.stderr)
-    low, high = config.dvg_actors
-    if device == "cuda":  # one actor per GPU share; batches of clips fill the GPU
-        dvg_resources = {"num_gpus": config.gpus_per_dvg_actor, "num_cpus": config.dvg_num_cpus}
-        dvg_batch = config.dvg_batch_size
-        if high is None:
-            gpus = max(ray.cluster_resources().get("GPU", 0), _max_cluster_gpus() or 0)
-            high = max(low, int(gpus / max(config.gpus_per_dvg_actor, 1e-6)))
-    else:
-        dvg_resources = {"num_cpus": config.dvg_num_cpus}
-        dvg_batch = 1
-        if high is None:
-            cpus = ray.cluster_resources().get("CPU", 1)
-            high = max(low, int(cpus / max(config.dvg_num_cpus, 1e-6)) // 2)  # leave CPUs to the rest
+    dvg = _dvg_pool(ray, config, device)
     retries = config.max_retries
 
     ds = ray.data.from_items(pending, override_num_blocks=len(pending))
@@ -205,11 +220,9 @@ def run_stages(
     ds = ds.map_batches(
         DepthDVGStage,
         fn_constructor_kwargs={"config": config, "root": root, "device": device},
-        batch_size=dvg_batch,
-        compute=ActorPoolStrategy(min_size=low, max_size=high),
         max_restarts=retries,
         max_task_retries=retries,
-        **dvg_resources,
+        **dvg,
     )
     ds = ds.map_batches(
         write_clip_stage,

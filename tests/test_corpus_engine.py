@@ -398,3 +398,26 @@ def test_pools_scale_with_the_cluster_by_default():
     config = load_config("default")
     assert config.split_tasks is config.prepare_tasks is config.write_tasks is None
     assert config.dvg_actors == [1, None] and config.device == "auto"
+
+
+def test_cpu_stages_retry_a_bounded_number_of_times_and_only_transient_errors():
+    from ray.data import TaskPoolStrategy
+
+    from pipelines.build_dataset import _pool
+
+    settings = _pool(None, 3, 0.5)
+    assert settings["compute"] == TaskPoolStrategy(size=None)  # scales with the cluster
+    assert settings["max_retries"] == 3 and settings["retry_exceptions"] == [TransientError]
+    assert settings["num_cpus"] == 0.5
+
+
+def test_the_gpu_pool_grows_to_every_gpu_the_cluster_has_or_may_add(tiny, monkeypatch):
+    import pipelines.build_dataset as job
+
+    config = CorpusConfig.from_dict({**tiny.__dict__, "dvg_actors": [1, None], "dvg_batch_size": 4})
+    monkeypatch.setattr(job, "_max_cluster_gpus", lambda: 8.0)
+    pool = job._dvg_pool(_FakeRay(0), config, "cuda")
+    assert (pool["compute"].min_size, pool["compute"].max_size) == (1, 8)
+    assert pool["batch_size"] == 4 and pool["num_gpus"] == 1.0
+    pool = job._dvg_pool(_FakeRay(None), config, "cpu")  # 8 CPUs at 0.5 each, half for the rest
+    assert pool["compute"].max_size == 8 and pool["batch_size"] == 1 and "num_gpus" not in pool
