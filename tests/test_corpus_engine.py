@@ -421,3 +421,27 @@ def test_the_gpu_pool_grows_to_every_gpu_the_cluster_has_or_may_add(tiny, monkey
     assert pool["batch_size"] == 4 and pool["num_gpus"] == 1.0
     pool = job._dvg_pool(_FakeRay(None), config, "cpu")  # 8 CPUs at 0.5 each, half for the rest
     assert pool["compute"].max_size == 8 and pool["batch_size"] == 1 and "num_gpus" not in pool
+
+
+def test_a_learned_flow_runs_in_the_gpu_stage_and_the_prepare_stage_runs_none(
+    tiny, clip_rows, tmp_path, monkeypatch
+):
+    from spatialdreamer.metrics.raft import RAFT
+
+    torch.manual_seed(0)
+    raft = RAFT().eval()
+    raft.update_block.flow_head.conv2.weight.data.mul_(1e-3)  # random weights, small flows
+    torch.save(raft.state_dict(), tmp_path / "raft.pth")
+    config = CorpusConfig.from_dict({**tiny.__dict__, "flow_model": str(tmp_path / "raft.pth")})
+    assert config.learned_flow and config.content_hash() != tiny.content_hash()
+    short = {**clip_rows[0], "frames": clip_rows[0]["frames"][:3]}  # 3 frames keep RAFT on CPU quick
+    prepared = prepare_clips(rows_to_batch([short]), str(tmp_path), config)
+    assert "flow_forward" not in prepared and "camera_motion" not in prepared
+
+    def no_dis(*args, **kwargs):
+        raise AssertionError("DIS ran although a learned flow was given")
+
+    monkeypatch.setattr("spatialdreamer.dvg.sample.dis_flow", no_dis)
+    monkeypatch.setattr("spatialdreamer.dvg.masks.dis_flow", no_dis)
+    out = DepthDVGStage(config, str(tmp_path), device="cpu")(prepared)
+    assert len(out["clip_id"]) == 1 and np.isfinite(out["camera_motion"][0])
