@@ -23,7 +23,7 @@ from spatialdreamer.corpus import (
     split_video,
     write_clip_stage,
 )
-from spatialdreamer.corpus.batches import pack_mask, unpack_mask
+from spatialdreamer.corpus.batches import pack_bits_on_device, pack_mask, unpack_mask
 from spatialdreamer.corpus.records import accounted_clips, retry_transient
 from spatialdreamer.corpus.scores import depth_scores, frame_scores, quality_problem
 from spatialdreamer.data.codecs import disparity_to_u16
@@ -215,6 +215,7 @@ def test_only_compact_data_crosses_between_stages(tiny, clip_rows, tmp_path):
 def test_mask_bits_and_disparity_codes_are_lossless():
     mask = torch.rand(3, 5, 13) > 0.5
     assert np.array_equal(unpack_mask(pack_mask(mask), 13), mask.numpy())
+    assert np.array_equal(pack_bits_on_device(mask).numpy(), pack_mask(mask))  # the CUDA path
     from spatialdreamer.corpus.dvg import disparity_codes
 
     d = torch.randn(2, 7, 9) * 40

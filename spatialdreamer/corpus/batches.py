@@ -61,10 +61,17 @@ def pack_mask(mask: torch.Tensor) -> np.ndarray:
         >>> pack_mask(torch.tensor([[[True] + [False] * 8]])).tolist()
         [[[128, 0]]]
     """
+    if mask.device.type == "cpu":
+        return np.packbits(mask.numpy().astype(bool, copy=False), axis=-1)
+    return pack_bits_on_device(mask).cpu().numpy()
+
+
+def pack_bits_on_device(mask: torch.Tensor) -> torch.Tensor:
+    """:func:`pack_mask` in torch, where the mask is (same bit order as ``np.packbits``)."""
     t, h, w = mask.shape
     bits = F.pad(mask.to(torch.uint8), (0, -w % 8)).view(t, h, -1, 8)
     weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=mask.device)
-    return (bits * weights).sum(-1, dtype=torch.uint8).cpu().numpy()
+    return (bits * weights).sum(-1, dtype=torch.uint8)
 
 
 def unpack_mask(bits: np.ndarray, width: int) -> np.ndarray:

@@ -81,7 +81,7 @@ def make_dvg_sample(
             flow_forward, flow_backward = both[: t - 1], both[t - 1 :]
         flow_forward = flow_forward.to(frames.device, torch.float32)
         flow_backward = flow_backward.to(frames.device, torch.float32)
-        motion = float(flow_forward.norm(dim=1).mean())
+        motion = float(torch.hypot(flow_forward[:, 0], flow_forward[:, 1]).mean())
         if refine_masks and t >= 3:
             back_holes = refine_masks_temporally(
                 frames, back_holes, disparity, flow_forward=flow_forward, flow_backward=flow_backward
