@@ -6,10 +6,12 @@ Each item is one window of ``num_frames`` frames from one clip, in the layout
 * ``rendered`` ``[T,3,H,W]`` float32 in [0, 1]: the warp-back view (zero in holes), the input;
 * ``mask`` ``[T,1,H,W]`` bool: its holes (True = hole), the input mask;
 * ``target`` ``[T,3,H,W]`` float32 in [0, 1]: the source frames, the ground truth;
-* ``reference`` ``[T,3,H,W]`` float32 in [0, 1]: the other-eye view (the source forward-warped,
-  zero in its holes), what RefinerNet encodes. At inference the reference is the source eye and
-  the target the other; warp-back training mirrors that, so the reference must not be the target
-  (``s(z₀) = |z₀ − z_ref|`` would be zero and RefinerNet would learn to copy).
+* ``reference`` ``[T,3,H,W]`` float32 in [0, 1]: the other-eye view (the source forward-warped),
+  what RefinerNet encodes, made complete by
+  :func:`~spatialdreamer.models.reference.reference_view` exactly as at inference, where the
+  reference is the (complete) source eye. Warp-back training mirrors inference, so the
+  reference must not be the target (``s(z₀) = |z₀ − z_ref|`` would be zero and RefinerNet
+  would learn to copy).
 
 Only the manifest rows are held; shards are decoded in ``__getitem__``, so memory is one clip
 per loader worker whatever the corpus size.
@@ -28,6 +30,7 @@ from torch.utils.data import Dataset
 
 from spatialdreamer.data.manifest import load_manifest
 from spatialdreamer.data.shards import SHARD_FILES, read_clip
+from spatialdreamer.models.reference import reference_view
 
 __all__ = ["SAMPLE_KEYS", "StereoClipDataset", "fit_frames", "resize_cover"]
 
@@ -177,7 +180,7 @@ class StereoClipDataset(Dataset):
             "target": frames(clip.rgb),
             "rendered": frames(clip.back).masked_fill(mask, 0.0),
             "mask": mask,
-            "reference": frames(clip.right).masked_fill(right_holes, 0.0),
+            "reference": reference_view(frames(clip.right), right_holes),
             "clip_id": str(row["clip_id"]),
             "start": window.start,
         }

@@ -26,7 +26,7 @@ from spatialdreamer.models.conditioning import (
     predict_velocity,
     unwrap,
 )
-from spatialdreamer.models.consistency import stereo_aware_loss, stereo_deviation_strength
+from spatialdreamer.models.consistency import stereo_aware_loss, visible_deviation_strength
 
 __all__ = ["BATCH_KEYS", "sample_noise_level", "training_losses"]
 
@@ -93,7 +93,7 @@ def training_losses(
 
     Returns:
         dict of scalar tensors: ``loss`` (to backpropagate), ``diffusion_loss``, ``stereo_loss``
-        and ``deviation_strength`` (mean s of the targets, detached, for logging).
+        and ``deviation_strength`` (mean conditioning s, detached, for logging).
     """
     if not math.isfinite(float(stereo_loss_weight)) or stereo_loss_weight < 0:
         raise ValueError(f"stereo_loss_weight must be a finite value >= 0, got {stereo_loss_weight}")
@@ -130,7 +130,7 @@ def training_losses(
     noisy = a * z0 + b * noise
     v_target = a * noise - b * z0
 
-    strength = stereo_deviation_strength(z0, z_ref)
+    strength = visible_deviation_strength(z_render, z_ref, z_mask)  # as the pipeline computes it
     if encoder_hidden_states is None:
         encoder_hidden_states = torch.zeros(bsz, 1, model.config.cross_attention_dim, device=device)
     v_pred = predict_velocity(

@@ -16,7 +16,11 @@ class TrainConfig:
     """What one training run does. ``None`` fields take the model config's value."""
 
     model: str = "tiny"  # tiny | base | full (spatialdreamer.models.configs)
+    stage: Literal["frames", "video"] = "video"  # frames: 1-frame windows, temporal layers frozen
     pretrained: str | None = None  # SVD id/folder or a SpatialDreamer pipeline folder; None = random init
+    init_from: str | None = None  # checkpoint/pipeline folder whose (EMA) U-Net weights start this stage
+    vae_pretrained: str | None = None  # VAE hub id/folder (default: the model config's)
+    refiner_pretrained: str | None = None  # SD 2.1 U-Net for RefinerNet (default: the model config's)
     steps: int = 1000  # optimizer steps in total (a resumed run continues up to this)
     batch_size: int = 1  # samples per worker per step
     learning_rate: float = 1e-5
@@ -33,6 +37,9 @@ class TrainConfig:
     resolution: tuple[int, int] | None = None  # (H, W)
     frame_stride: int | None = None  # frames between windows of a clip; None = num_frames
     query: str | None = None  # pandas query over the manifest
+    ema_decay: float = 0.9999  # EMA of the trained weights (with warm-up); 0 = no EMA
+    gradient_checkpointing: bool = False
+    parallel: Literal["ddp", "fsdp"] = "ddp"
     seed: int = 0
     data_workers: int = 2  # DataLoader processes per training worker (decode shards)
     checkpoint_every: int = 500
@@ -72,6 +79,16 @@ class TrainConfig:
                 raise ValueError(f"train setting {name} must be a finite number >= 0, got {value!r}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.stage not in ("frames", "video"):
+            raise ValueError(f"stage must be 'frames' or 'video', got {self.stage!r}")
+        if self.parallel not in ("ddp", "fsdp"):
+            raise ValueError(f"parallel must be 'ddp' or 'fsdp', got {self.parallel!r}")
+        if not isinstance(self.ema_decay, int | float) or not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) (0 = no EMA), got {self.ema_decay!r}")
+        if self.stage == "frames" and self.num_frames not in (None, 1):
+            raise ValueError(
+                f"the frames stage trains on single frames; num_frames must be 1, got {self.num_frames}"
+            )
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
@@ -96,6 +113,8 @@ class TrainConfig:
     # the model config's values where ours are None
     @property
     def frames(self) -> int:
+        if self.stage == "frames":
+            return 1
         return self.num_frames or get_config(self.model).num_frames
 
     @property
