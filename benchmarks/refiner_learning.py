@@ -71,7 +71,9 @@ def build_corpus(work: Path, videos: int, frames: int) -> tuple[Path, float]:
 
 def train_stage(cfg: TrainConfig, corpus: Path, seconds: float, out: Path, calibration) -> dict:
     """Train one stage for ``seconds`` of wall time (at most ``cfg.steps``); save a checkpoint."""
-    dataset = StereoClipDataset(str(corpus), cfg.frames, cfg.size, stride=cfg.frame_stride)
+    dataset = StereoClipDataset(
+        str(corpus), cfg.frames, cfg.size, stride=cfg.frame_stride, cache_clips=cfg.cache_clips
+    )
     trainer = Trainer(cfg, calibration_frames=calibration)
     loader = make_loader(dataset, cfg)
     began, losses = time.perf_counter(), []
@@ -152,6 +154,7 @@ def main() -> int:
         warmup_steps=50,
         ema_decay=0.999,
         data_workers=0,
+        cache_clips=512,  # the whole small corpus stays decoded in memory
         steps=1_000_000,  # bounded by time instead
         checkpoint_every=1_000_000,
         log_every=1_000_000,
@@ -196,7 +199,7 @@ def main() -> int:
         )
     print("\n| hole region (held-out) | PSNR dB | SSIM |\n|---|---|---|")
     for name, s in scores.items():
-        shown = "∞ (lossless)" if math.isinf(s["psnr"]) else f"{s['psnr']:.2f}"
+        shown = "lossless" if s["psnr"] >= 99.0 else f"{s['psnr']:.2f}"  # psnr() caps at 100 dB
         print(f"| {name} | {shown} | {s['ssim']:.3f} |")
     (work / "results.json").write_text(
         json.dumps({"training": stats, "scores": scores, "corpus_seconds": corpus_seconds}, indent=1)

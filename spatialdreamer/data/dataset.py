@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import pandas as pd
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from spatialdreamer.data.manifest import load_manifest
-from spatialdreamer.data.shards import SHARD_FILES, read_clip
+from spatialdreamer.data.shards import SHARD_FILES, ClipArrays, read_clip
 from spatialdreamer.models.reference import reference_view
 
 __all__ = ["SAMPLE_KEYS", "StereoClipDataset", "fit_frames", "resize_cover"]
@@ -93,6 +94,9 @@ class StereoClipDataset(Dataset):
         stride: frames between window starts within a clip (default ``num_frames``: disjoint
             windows); windows start at 0, so cropping is deterministic.
         manifest: an already loaded (and filtered) manifest instead of reading ``root``'s.
+        cache_clips: decoded clips kept in memory per process (least recently used first out);
+            0 = decode on every access. A clip holds many windows (every frame is one in the
+            ``frames`` stage), so a cache saves most decoding on corpora that fit in memory.
 
     Example:
         >>> ds = StereoClipDataset("corpus/", num_frames=8, size=(256, 384))  # doctest: +SKIP
@@ -109,6 +113,7 @@ class StereoClipDataset(Dataset):
         query: str | None = None,
         stride: int | None = None,
         manifest: pd.DataFrame | None = None,
+        cache_clips: int = 0,
     ) -> None:
         if not isinstance(num_frames, int) or num_frames < 1:
             raise ValueError(f"num_frames must be a positive integer, got {num_frames!r}")
@@ -144,6 +149,10 @@ class StereoClipDataset(Dataset):
         if size is None and len({(r["height"], r["width"]) for r in self.rows}) > 1:
             raise ValueError("clips of different sizes cannot be batched; pass size=(H, W)")
         self._unreadable: set[str] = set()  # per process (each loader worker learns its own)
+        if not isinstance(cache_clips, int) or cache_clips < 0:
+            raise ValueError(f"cache_clips must be an integer >= 0, got {cache_clips!r}")
+        self.cache_clips = cache_clips
+        self._cache: OrderedDict[str, ClipArrays] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -168,8 +177,20 @@ class StereoClipDataset(Dataset):
                 log.warning("skipping unreadable clip %s (%s)", row["clip_id"], reason)
         raise RuntimeError(f"no readable clip near sample {index} of {self.root}: {'; '.join(errors)[:500]}")
 
-    def _sample(self, window: _Window, row: dict) -> dict:
+    def _clip(self, row: dict) -> ClipArrays:
+        key = str(row["clip_id"])
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
         clip = read_clip(self.root, row)
+        if self.cache_clips:
+            self._cache[key] = clip
+            while len(self._cache) > self.cache_clips:
+                self._cache.popitem(last=False)
+        return clip
+
+    def _sample(self, window: _Window, row: dict) -> dict:
+        clip = self._clip(row)
         size = self.size or (int(row["height"]), int(row["width"]))
 
         def frames(x: torch.Tensor, mask: bool = False) -> torch.Tensor:

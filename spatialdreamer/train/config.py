@@ -42,6 +42,7 @@ class TrainConfig:
     parallel: Literal["ddp", "fsdp"] = "ddp"
     seed: int = 0
     data_workers: int = 2  # DataLoader processes per training worker (decode shards)
+    cache_clips: int = 0  # decoded clips kept in memory per loader process (0 = none)
     checkpoint_every: int = 500
     log_every: int = 10
 
@@ -69,7 +70,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"train setting {name} must be an integer >= 1, got {value!r}")
-        for name in ("warmup_steps", "data_workers", "seed"):
+        for name in ("warmup_steps", "data_workers", "seed", "cache_clips"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"train setting {name} must be an integer >= 0, got {value!r}")

@@ -422,7 +422,12 @@ def run_worker(
     or upload it). Returns the last metrics.
     """
     dataset = StereoClipDataset(
-        corpus, config.frames, config.size, query=config.query, stride=config.frame_stride
+        corpus,
+        config.frames,
+        config.size,
+        query=config.query,
+        stride=config.frame_stride,
+        cache_clips=config.cache_clips,
     )
     trainer = Trainer(
         config,
