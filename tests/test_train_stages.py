@@ -143,3 +143,42 @@ def test_model_configs_name_their_pretrained_weights():
     tiny = get_config("tiny")
     assert tiny.vae == "space_to_depth" and dataclasses.replace(tiny).latent_channels == 48
     assert isinstance(build_pipeline("tiny").vae, SpaceToDepthAutoencoder)
+
+
+def test_training_and_sampling_give_the_models_the_same_reference_and_deviation_strength():
+    """One warp-back sample pushed through the training loss and through the pipeline: RefinerNet
+    encodes the same reference latents and the denoiser gets the same deviation strength."""
+    from spatialdreamer.dvg import warp_back_pair
+    from spatialdreamer.models import training_losses
+    from spatialdreamer.models.reference import reference_view
+    from spatialdreamer.synth import make_scene
+
+    pipe = build_pipeline("tiny", seed=2)
+    pipe.set_progress_bar_config(disable=True)
+    scene = make_scene(4, height=32, width=48, frames=4)
+    calibrate_latent_scale(pipe.vae, scene.left)
+    pair = warp_back_pair(scene.left, scene.disparity)
+    rendered = pair.back + 0.5 * pair.back_holes  # garbage in the holes: both paths must ignore it
+    reference = reference_view(pair.warped, pair.warped_holes)
+    seen: dict[str, list[torch.Tensor]] = {"strength": [], "reference": []}
+    embed = pipe.unet.embed_deviation
+    pipe.unet.embed_deviation = lambda s, b: seen["strength"].append(s.detach().clone()) or embed(s, b)
+    hook = pipe.refinernet.register_forward_pre_hook(
+        lambda m, args: seen["reference"].append(args[0].clone())
+    )
+    batch = {"target": pair.target, "rendered": rendered, "mask": pair.back_holes, "reference": reference}
+    with torch.no_grad():
+        training_losses(
+            {k: v[None] for k, v in batch.items()},
+            unet=pipe.unet,
+            refinernet=pipe.refinernet,
+            vae=pipe.vae,
+            scheduler=pipe.scheduler,
+            generator=torch.Generator().manual_seed(0),
+        )
+        pipe(rendered, pair.back_holes, reference, num_inference_steps=1, window_size=4)
+    hook.remove()
+    assert len(seen["strength"]) == 2 and len(seen["reference"]) == 2
+    torch.testing.assert_close(seen["strength"][0], seen["strength"][1])
+    torch.testing.assert_close(seen["reference"][0], seen["reference"][1])
+    assert seen["strength"][0].item() > 0

@@ -118,6 +118,7 @@ def training_losses(
     model = unwrap(unet)
     device, dtype = model.device, model.dtype
     bsz, frames = target.shape[:2]
+    rendered = rendered.masked_fill(mask.bool(), 0.0)  # holes are black, as the pipeline makes them
     z0, z_render, z_ref = (
         _latents(vae, x).to(device=device, dtype=torch.float32) for x in (target, rendered, reference)
     )

@@ -177,6 +177,7 @@ class SpatialDreamerPipeline(DiffusionPipeline):
             return F.pad(x, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else x
 
         rendered_px, masks_px, reference_px = prep(rendered), prep(masks), prep(reference)
+        rendered_px = rendered_px.masked_fill(masks_px > 0.5, 0.0)  # holes are black, as in training
 
         # 1. conditions
         unet_cfg = self.unet.config

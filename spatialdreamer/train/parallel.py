@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-__all__ = ["full_state_dict", "shard_loss_module", "shard_units"]
+__all__ = ["full_state_dict", "load_full_state_dict", "shard_loss_module", "shard_units"]
 
 
 def shard_units(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -69,12 +69,14 @@ def shard_loss_module(
        by a sharded ``DTensor`` parameter, so lists taken before point at the old tensors. The
        optimizer state and the EMA copy are then sharded as well;
     5. train as with DDP: ``loss = model(batch, generator)["loss"]; loss.backward();
-       optimizer.step()``. ``torch.nn.utils.clip_grad_norm_`` works on the sharded gradients;
-       the norm it returns is a ``DTensor`` (``.full_tensor()`` gives the plain tensor, equal
-       on every rank).
-    6. Saving: ``pipe.save_pretrained`` would write shards; use :func:`full_state_dict` on every
-       rank (it is a collective) and write from rank 0 only. EMA shadow tensors are ``DTensor``\\ s
-       too (``.full_tensor()``).
+       optimizer.step()``. ``torch.nn.utils.clip_grad_norm_`` works on the sharded gradients
+       and returns a replicated ``DTensor`` (``float()``/``torch.isfinite`` work on it, equal on
+       every rank). Mixed precision comes from ``param_dtype`` here; autocast on top is harmless.
+    6. Checkpoints: ``pipe.save_pretrained`` / ``load_state_dict`` see sharded ``DTensor``
+       parameters. Save :func:`full_state_dict` (a collective: every rank calls it; rank 0
+       receives the tensors) from rank 0; restore with :func:`load_full_state_dict` on every
+       rank. EMA shadow tensors and optimizer moments are sharded ``DTensor`` objects as well
+       (``.full_tensor()`` gathers one).
 
     Requirements: PyTorch ≥ 2.6 (``torch.distributed.fsdp.fully_shard``); every rank calls it
     with the same module structure. Gradient averaging over ranks is exactly DDP's (each rank's
@@ -115,9 +117,23 @@ def shard_loss_module(
 
 
 def full_state_dict(module: torch.nn.Module, *, cpu_offload: bool = True) -> dict[str, torch.Tensor]:
-    """The unsharded state dict of a module sharded by :func:`shard_loss_module` (or of any
-    module), gathered on every rank. A collective: call it on all ranks, save from rank 0."""
+    """The unsharded state dict of a module sharded by :func:`shard_loss_module` (plain tensors).
+
+    A collective: call it on every rank. With ``cpu_offload`` (the default, bounded GPU memory)
+    rank 0 receives the tensors on the CPU and the other ranks an empty dict; without it every
+    rank gets them on its device.
+    """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=cpu_offload)
     return get_model_state_dict(module, options=options)
+
+
+def load_full_state_dict(module: torch.nn.Module, state: dict[str, torch.Tensor], *, strict: bool = True):
+    """Load an unsharded state dict (as :func:`full_state_dict` or ``state_dict()`` of the plain
+    module give it) into a module sharded by :func:`shard_loss_module`; every rank passes the
+    full dict and keeps its own shard."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, strict=strict)
+    return set_model_state_dict(module, state, options=options)
