@@ -189,3 +189,13 @@ def test_model_save_load_round_trip_gives_identical_outputs(pipe, tmp_path):
     # weights are bit-identical; CPU kernels may round differently on differently aligned
     # (memory-mapped) tensors, so outputs are compared at float32 precision
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+
+
+def test_checkpointing_covers_the_temporal_blocks_and_switches_off():
+    unet = build_pipeline("tiny").unet
+    temporal = [m for n, m in unet.named_modules() if n.endswith("temporal_transformer_blocks.0")]
+    assert temporal
+    unet.enable_gradient_checkpointing()
+    assert all("_unchecked_forward" in vars(m) for m in temporal)
+    unet.disable_gradient_checkpointing()
+    assert not any("_unchecked_forward" in vars(m) for m in temporal) and not unet.is_gradient_checkpointing
