@@ -182,3 +182,34 @@ def test_training_and_sampling_give_the_models_the_same_reference_and_deviation_
     torch.testing.assert_close(seen["strength"][0], seen["strength"][1])
     torch.testing.assert_close(seen["reference"][0], seen["reference"][1])
     assert seen["strength"][0].item() > 0
+
+
+def test_hole_loss_weight_is_a_weighted_mean_over_hole_cells():
+    from spatialdreamer.models import training_losses
+
+    pipe = build_pipeline("tiny", seed=0)
+    calibrate_latent_scale(pipe.vae, torch.rand(2, 3, 32, 48))
+    g = torch.Generator().manual_seed(0)
+    batch = {k: torch.rand(1, 2, 3, 32, 48, generator=g) for k in ("target", "rendered", "reference")}
+    batch["mask"] = torch.zeros(1, 2, 1, 32, 48, dtype=torch.bool)
+    kw = dict(unet=pipe.unet, refinernet=pipe.refinernet, vae=pipe.vae, scheduler=pipe.scheduler)
+
+    def loss(weight: float, mask: torch.Tensor) -> float:
+        with torch.no_grad():
+            out = training_losses(
+                batch | {"mask": mask},
+                generator=torch.Generator().manual_seed(1),
+                hole_loss_weight=weight,
+                **kw,
+            )
+        return float(out["diffusion_loss"])
+
+    no_holes = batch["mask"]
+    assert loss(5.0, no_holes) == pytest.approx(loss(1.0, no_holes), rel=1e-6)  # nothing to weight
+    holes = no_holes.clone()
+    holes[..., :, :12] = True
+    assert loss(5.0, holes) != pytest.approx(loss(1.0, holes), rel=1e-4)
+    with pytest.raises(ValueError, match="hole_loss_weight"):
+        loss(0.5, holes)
+    with pytest.raises(ValueError, match="hole_loss_weight"):
+        TrainConfig.from_dict(TINY | {"hole_loss_weight": 0})

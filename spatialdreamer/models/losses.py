@@ -70,6 +70,7 @@ def training_losses(
     encoder_hidden_states: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     reduce_strength: bool = True,
+    hole_loss_weight: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """Losses for one batch.
 
@@ -85,6 +86,10 @@ def training_losses(
             pipeline uses without an image encoder).
         generator: seeds noise and noise levels (CPU generator).
         reduce_strength: see :func:`stereo_aware_loss`.
+        hole_loss_weight: weight of the latent cells that cover a hole in the diffusion loss
+            (1 = the paper's plain mean). Sampling keeps the pixels outside the holes, so only
+            the holes reach the output; where holes are a few percent of the frame a weight
+            above 1 spends more of the gradient on them.
 
     Note:
         RefinerNet's layers after its last recorded self-attention (the tail of its last up
@@ -97,6 +102,8 @@ def training_losses(
     """
     if not math.isfinite(float(stereo_loss_weight)) or stereo_loss_weight < 0:
         raise ValueError(f"stereo_loss_weight must be a finite value >= 0, got {stereo_loss_weight}")
+    if not math.isfinite(float(hole_loss_weight)) or hole_loss_weight < 1:
+        raise ValueError(f"hole_loss_weight must be a finite value >= 1, got {hole_loss_weight}")
     missing = [k for k in BATCH_KEYS if k not in batch]
     if missing:
         raise KeyError(f"batch lacks {missing}; expected keys {BATCH_KEYS}")
@@ -147,7 +154,11 @@ def training_losses(
         deviation_strength=strength,
     ).float()
 
-    diffusion = F.mse_loss(v_pred, v_target)
+    if hole_loss_weight == 1:
+        diffusion = F.mse_loss(v_pred, v_target)
+    else:  # a weighted mean: the loss keeps its scale whatever the hole ratio
+        weight = (1.0 + (hole_loss_weight - 1.0) * z_mask.to(v_pred)).expand_as(v_pred)
+        diffusion = (weight * (v_pred - v_target).square()).sum() / weight.sum()
     z0_hat = a * noisy - b * v_pred
     stereo = stereo_aware_loss(z0, z0_hat, z_ref, reduce_strength=reduce_strength)
     return {

@@ -33,6 +33,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0  # 0 = no clipping (the norm is still measured and logged)
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # auto: bf16 on CUDA if supported
     stereo_loss_weight: float | None = None  # λ in l = l_ε + λ·l_d
+    hole_loss_weight: float = 1.0  # weight of hole cells in l_ε (1 = the paper's plain mean)
     num_frames: int | None = None
     resolution: tuple[int, int] | None = None  # (H, W)
     frame_stride: int | None = None  # frames between windows of a clip; None = num_frames
@@ -104,6 +105,10 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"train setting {name} must be an integer >= 1 or null, got {value!r}")
+        if not isinstance(self.hole_loss_weight, int | float) or not (
+            math.isfinite(self.hole_loss_weight) and self.hole_loss_weight >= 1
+        ):
+            raise ValueError(f"hole_loss_weight must be a finite number >= 1, got {self.hole_loss_weight!r}")
         if self.stereo_loss_weight is not None and not (
             math.isfinite(self.stereo_loss_weight) and self.stereo_loss_weight >= 0
         ):
