@@ -349,15 +349,8 @@ def _assert_same_corpus(ours: Path, reference: Path) -> None:
 
 
 def _nodes_of(rows: list[dict], pattern: str) -> set[str]:
-    """The nodes that ran the matching tasks and actors (rows never placed have no node)."""
+    """The nodes that ran the matching tasks and actors (an actor's creation-task row has none)."""
     matching = [row for row in rows if re.search(pattern, row.get("name") or row.get("class_name") or "")]
-    print(
-        [
-            (r.get("name"), r.get("class_name"), r.get("state"), r.get("node_id"))
-            for r in matching
-            if not r.get("node_id")
-        ]
-    )
     return {row["node_id"] for row in matching if row.get("node_id")}
 
 
@@ -384,7 +377,7 @@ def test_cluster_refuses_callers_without_its_token(cluster, inputs):
     with pytest.raises(urllib.error.HTTPError) as wrong:
         cluster.api("/api/v0/nodes", token="not-the-token")
     assert (missing.value.code, wrong.value.code) == (401, 403)
-    env = cluster.env() | {"RAY_ADDRESS": cluster.gcs_address, "RAY_AUTH_TOKEN": "not-the-token"}
+    env = cluster.env(RAY_ADDRESS=cluster.gcs_address, RAY_AUTH_TOKEN="not-the-token")
     result = subprocess.run(
         [*_corpus_job(inputs, str(cluster.root / "rejected")), "--config", "tiny"],
         env=env,
@@ -398,18 +391,22 @@ def test_cluster_refuses_callers_without_its_token(cluster, inputs):
     assert "rejected the authentication token" in result.stderr.splitlines()[-1]
 
 
-def test_corpus_job_via_ray_address_runs_on_both_nodes_and_equals_the_embedded_run(
-    cluster, inputs, node_ids, embedded_corpus
-):
+@pytest.fixture(scope="module")
+def address_run(cluster, inputs):
+    """The corpus job through RAY_ADDRESS, writing to the shared folder as a file:// URI; with the
+    state API's tasks and actors right after it. The driver gets only the address and the token
+    file: the job turns token mode on itself."""
     shared = cluster.root / "shared" / "corpus"
-    # the driver gets only the address and the token file; the job turns token mode on itself
-    env = cluster.env() | {
-        "RAY_ADDRESS": cluster.gcs_address,
-        "RAY_AUTH_TOKEN_PATH": str(cluster.token_file),
-    }
+    env = cluster.env(RAY_ADDRESS=cluster.gcs_address, RAY_AUTH_TOKEN_PATH=str(cluster.token_file))
     result = _run([*_corpus_job(inputs, shared.as_uri()), "--config", "tiny"], env)
+    return shared, result, cluster.state("tasks") + cluster.state("actors")
+
+
+def test_corpus_job_via_ray_address_runs_on_both_nodes_and_equals_the_embedded_run(
+    address_run, node_ids, embedded_corpus
+):
+    shared, result, stages = address_run
     assert "clips_in_corpus: 10" in result.stdout and "failures: 1" in result.stdout
-    stages = cluster.state("tasks") + cluster.state("actors")
     used = _nodes_of(stages, r"split_video|DepthDVGStage|write_clip_stage")
     assert used == set(node_ids.values()), used
 
@@ -419,15 +416,9 @@ def test_corpus_job_via_ray_address_runs_on_both_nodes_and_equals_the_embedded_r
         assert "Token authentication" not in output
 
 
-def test_two_worker_training_spans_both_nodes(cluster, node_ids):
-    corpus = cluster.root / "shared" / "corpus"
-    if not (corpus / "_SUCCESS.json").exists():
-        pytest.skip("needs the corpus of the previous test")
-    run = cluster.root / "shared" / "run"
-    env = cluster.env() | {
-        "RAY_ADDRESS": cluster.gcs_address,
-        "RAY_AUTH_TOKEN_PATH": str(cluster.token_file),
-    }
+def test_two_worker_training_spans_both_nodes(cluster, address_run, node_ids):
+    corpus, run = address_run[0], cluster.root / "shared" / "run"
+    env = cluster.env(RAY_ADDRESS=cluster.gcs_address, RAY_AUTH_TOKEN_PATH=str(cluster.token_file))
     command = [sys.executable, "-m", "pipelines.train", "--corpus", corpus.as_uri(), "--output", run.as_uri()]
     result = _run([*command, "--config", "tiny", "--num-workers", "2", "--steps", "2"], env)
     assert "trained to step 2" in result.stdout, result.stdout
@@ -440,11 +431,9 @@ def test_two_worker_training_spans_both_nodes(cluster, node_ids):
 def test_ray_job_submit_with_working_dir_runs_the_corpus_job(cluster, inputs, embedded_corpus):
     out = cluster.root / "shared" / "submitted"
     # the README's command: the client needs token mode and the token, like any caller
-    env = cluster.env() | {
-        "RAY_ADDRESS": cluster.dashboard_url,
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN_PATH": str(cluster.token_file),
-    }
+    env = cluster.env(
+        RAY_ADDRESS=cluster.dashboard_url, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(cluster.token_file)
+    )
     began = time.monotonic()
     result = _run(
         [RAY, "job", "submit", "--working-dir", ".", "--", "python", *_corpus_job(inputs, out.as_uri())[1:]]
