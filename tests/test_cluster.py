@@ -285,7 +285,8 @@ def embedded_run(workspace, inputs):
     background so that it overlaps the cluster's start-up."""
     out, log = workspace / "embedded", workspace / "embedded.log"
     command = [*_corpus_job(inputs, str(out)), "--config", "tiny"]
-    env = _clean_env(workspace / "home-embedded") | {"RAY_ADDRESS": ""}
+    # its own HOME and temp dir: nothing of the user's read, nothing left in /tmp/ray
+    env = _clean_env(workspace / "home-embedded") | {"RAY_ADDRESS": "", "RAY_TMPDIR": str(workspace / "e")}
     with open(log, "wb") as sink:
         process = subprocess.Popen(
             command, env=env, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
@@ -293,7 +294,7 @@ def embedded_run(workspace, inputs):
     try:
         yield process, out, log
     finally:
-        left = _stop([process], str(workspace / "embedded"), grace_s=10)
+        left = _stop([process], str(workspace / "e"), grace_s=10)
         assert not left, f"processes of the embedded run left behind: {sorted(left)}"
 
 

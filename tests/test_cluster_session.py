@@ -6,8 +6,10 @@ Fast checks of the rules; tests/test_cluster.py runs them against a real two-nod
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -87,7 +89,8 @@ def test_auth_mode(clean_auth, monkeypatch):
 def test_a_local_run_starts_ray_with_token_auth_and_no_warning(tmp_path):
     """Plain ray.init() on Ray >= 2.59 warns that it turned token authentication on; the jobs don't."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(HOME=str(tmp_path), PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0")
+    scratch = tempfile.mkdtemp(prefix="sdl-", dir="/tmp")  # short: Ray's socket paths are limited
+    env.update(HOME=str(tmp_path), PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0", RAY_TMPDIR=scratch)
     code = (
         "from pipelines.ray_session import connect\n"
         "from ray._raylet import AuthenticationMode, get_authentication_mode\n"
@@ -96,9 +99,12 @@ def test_a_local_run_starts_ray_with_token_auth_and_no_warning(tmp_path):
         "print('token mode:', get_authentication_mode() == AuthenticationMode.TOKEN)\n"
         "ray.shutdown()\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
-    )
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+        )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     assert "token mode: True" in result.stdout
