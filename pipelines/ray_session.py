@@ -116,7 +116,8 @@ def _auth_message(where: str, mode: str) -> str:
 def _probe(target: str, mode: str) -> None:
     """Ask the cluster's GCS once before ``ray.init``: a missing or wrong token fails here at once,
     and a head that does not answer within Ray's GCS timeout (40 s) too, whereas ``ray.init``
-    retries for minutes and then reports only that it could not connect."""
+    retries (about 20 s on a wrong token, minutes on a silent head) and then reports only that it
+    could not connect."""
     if not _HOST_PORT.fullmatch(target):  # ray://, auto: leave them to ray.init
         return
     import ray
