@@ -36,7 +36,7 @@ from spatialdreamer.video import read_lossless
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-RAY = shutil.which("ray", path=str(BIN)) or shutil.which("ray")
+RAY = shutil.which("ray", path=str(BIN))  # the CLI of this environment, same Ray version
 LOSSLESS = ("right_mask_path", "back_mask_path", "disparity_path")
 STARTUP_S, JOB_S = 120, 420
 
@@ -49,7 +49,7 @@ except ImportError:
     _DASHBOARD = False
 
 pytestmark = [
-    pytest.mark.skipif(RAY is None, reason="the `ray` command is not installed"),
+    pytest.mark.skipif(RAY is None, reason=f"no `ray` command next to {sys.executable}"),
     pytest.mark.skipif(
         not _DASHBOARD,
         reason="ray[default] missing (pip install -e '.[cluster]'): no dashboard for job submit",
