@@ -355,6 +355,17 @@ def _nodes_of(rows: list[dict], pattern: str) -> set[str]:
     return {row["node_id"] for row in matching if row.get("node_id")}
 
 
+def _placement(cluster: LocalCluster, kinds: tuple[str, ...], pattern: str, node_ids: dict) -> set[str]:
+    """The nodes the state API reports for the matching rows; waits a little for task events,
+    which workers report to the head about once a second."""
+    deadline = time.monotonic() + 20
+    while True:
+        used = _nodes_of([row for kind in kinds for row in cluster.state(kind)], pattern)
+        if used >= set(node_ids.values()) or time.monotonic() > deadline:
+            return used
+        time.sleep(1)
+
+
 @pytest.fixture(scope="module")
 def node_ids(cluster) -> dict[str, str]:
     nodes = cluster.alive_nodes()
@@ -390,25 +401,35 @@ def test_cluster_refuses_callers_without_its_token(cluster, inputs):
     assert result.returncode == 1, result.stderr[-2000:]
     assert "error: the Ray cluster at 127.0.0.1" in result.stderr, result.stderr[-2000:]
     assert "rejected the authentication token" in result.stderr.splitlines()[-1]
+    # no token at all (HOME has none): the driver cannot know the mode, the error says what to set
+    code = "from pipelines.ray_session import connect\nconnect()\n"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=cluster.env(RAY_ADDRESS=cluster.gcs_address),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=JOB_S,
+    )
+    assert result.returncode == 1
+    assert "requires token authentication: set RAY_AUTH_MODE=token" in result.stderr.splitlines()[-1]
 
 
 @pytest.fixture(scope="module")
 def address_run(cluster, inputs):
-    """The corpus job through RAY_ADDRESS, writing to the shared folder as a file:// URI; with the
-    state API's tasks and actors right after it. The driver gets only the address and the token
-    file: the job turns token mode on itself."""
+    """The corpus job through RAY_ADDRESS, writing to the shared folder as a file:// URI. The
+    driver gets only the address and the token file: the job turns token mode on itself."""
     shared = cluster.root / "shared" / "corpus"
     env = cluster.env(RAY_ADDRESS=cluster.gcs_address, RAY_AUTH_TOKEN_PATH=str(cluster.token_file))
-    result = _run([*_corpus_job(inputs, shared.as_uri()), "--config", "tiny"], env)
-    return shared, result, cluster.state("tasks") + cluster.state("actors")
+    return shared, _run([*_corpus_job(inputs, shared.as_uri()), "--config", "tiny"], env)
 
 
 def test_corpus_job_via_ray_address_runs_on_both_nodes_and_equals_the_embedded_run(
-    address_run, node_ids, embedded_corpus
+    cluster, address_run, node_ids, embedded_corpus
 ):
-    shared, result, stages = address_run
+    shared, result = address_run
     assert "clips_in_corpus: 10" in result.stdout and "failures: 1" in result.stdout
-    used = _nodes_of(stages, r"split_video|DepthDVGStage|write_clip_stage")
+    used = _placement(cluster, ("tasks", "actors"), r"split_video|DepthDVGStage|write_clip_stage", node_ids)
     assert used == set(node_ids.values()), used
 
     reference, embedded = embedded_corpus
@@ -425,7 +446,7 @@ def test_two_worker_training_spans_both_nodes(cluster, address_run, node_ids):
     assert "trained to step 2" in result.stdout, result.stdout
     state = json.loads((run / "run" / "step_00000002" / "training_state" / "state.json").read_text())
     assert state["world_size"] == 2 and state["metrics"]["samples_seen"] == 2 * 2 * 2
-    workers = _nodes_of(cluster.state("actors"), r"TrainWorker")
+    workers = _placement(cluster, ("actors",), r"TrainWorker", node_ids)
     assert workers == set(node_ids.values()), workers
 
 
