@@ -32,6 +32,7 @@ import os
 import sys
 
 from pipelines.configs import read_config
+from pipelines.ray_session import connect
 from spatialdreamer.data.dataset import StereoClipDataset
 from spatialdreamer.runtime import tune_cpu_allocator
 from spatialdreamer.train import STATE_DIR, TrainConfig, read_training_state, run_worker
@@ -123,12 +124,8 @@ def latest_checkpoint(run_dir: str) -> str | None:
 
 
 def _init_ray():
-    import ray
-
-    if not ray.is_initialized():
-        # RAY_ADDRESS, when set, names the cluster; otherwise Ray starts an embedded local one.
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False)
-    return ray
+    # RAY_ADDRESS, when set, names the cluster; otherwise Ray starts an embedded local one.
+    return connect(include_dashboard=False)
 
 
 def train(corpus: str, output: str, config: TrainConfig, ray_cfg: dict, verbose: bool = False) -> dict:
