@@ -355,3 +355,21 @@ def test_a_stream_with_no_decodable_frame_fails_with_one_line(tmp_path):
     with pytest.raises(VideoError, match="does not decode") as caught:
         probe_video(path)
     assert "\n" not in str(caught.value)
+
+
+def test_a_matroska_file_cut_short_is_still_reported_truncated(tmp_path):
+    whole = _write_video(tmp_path / "whole.mkv", [(48, 32)] * 96, gop=12)
+    data = whole.read_bytes()
+    path = tmp_path / "cut.mkv"
+    path.write_bytes(data[: len(data) // 2])  # its header still declares 4 s
+    info = probe_video(path)
+    assert info.duration == pytest.approx(4.0, abs=0.1) and not info.frame_count_exact
+    with pytest.raises(VideoError, match="truncated") as caught:
+        _read_all(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_probe_without_decoding_reports_the_display_size(tmp_path):
+    path = _write_video(tmp_path / "anamorphic.mkv", [(240, 180)] * 3, sar=Fraction(4, 3))
+    info = probe_video(path, decode_check=False)
+    assert (info.coded_width, info.coded_height, info.width, info.height) == (240, 180, 320, 180)
