@@ -20,6 +20,10 @@ __all__ = ["DecodeStats", "decode_tolerant"]
 
 log = logging.getLogger(__name__)
 
+# Decoders hold a few frames (reordering, threads); more packets than this awaiting a frame
+# means their timestamps do not match the frames', and the exact count waits for the end.
+_MAX_PENDING = 512
+
 
 @dataclass
 class DecodeStats:
@@ -77,6 +81,8 @@ def decode_tolerant(
             stamp = packet.pts if packet.pts is not None else packet.dts
             if stamp is not None:
                 heapq.heappush(pending, stamp)
+                if len(pending) > _MAX_PENDING:  # frames that never match (odd timestamps):
+                    heapq.heappop(pending)  # bounded; the count is settled at the end
         try:
             frames = stream.decode(packet)
         except av.error.EOFError:
