@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	else \
 		echo "No GPU: installing the CPU build of torch"; $(PIP) install --quiet $(TORCH_CPU); \
 	fi
-	$(PIP) install --quiet -e ".[dev]"
+	$(PIP) install --quiet -e ".[dev,cluster]"
 	touch $@
 
 setup: $(VENV)/.installed

@@ -20,12 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from pipelines.configs import read_config
+from pipelines.ray_session import connect
 from spatialdreamer.corpus import (
     FILTER_STAGE,
     CorpusConfig,
@@ -92,12 +92,8 @@ def prepare_output(
 
 
 def _init_ray(address: str | None = None):
-    import ray
-
-    if not ray.is_initialized():
-        # RAY_ADDRESS, when set, names the cluster; otherwise Ray starts an embedded local one.
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or None, include_dashboard=False)
-    return ray
+    # RAY_ADDRESS, when set, names the cluster; otherwise Ray starts an embedded local one.
+    return connect(address, include_dashboard=False)
 
 
 def _max_cluster_gpus() -> float | None:

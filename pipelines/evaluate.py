@@ -16,7 +16,6 @@ Runs on a local embedded Ray unless RAY_ADDRESS names a cluster.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipelines.configs import read_config
+from pipelines.ray_session import connect
 from spatialdreamer.eval import (
     BASELINES,
     LABELS,
@@ -141,8 +141,7 @@ def evaluate(args: argparse.Namespace, config: dict) -> tuple[pd.DataFrame, pd.D
             right, holes = str(bench_root / "right"), str(bench_root / "occlusion")
             external = _external_rows(args.pred, args.name, right, holes, None)
 
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False, log_to_driver=False)
+    connect(include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = bool(args.verbose)
     parts = []
     if scenes:

@@ -1,13 +1,19 @@
 """Train the denoiser and RefinerNet on a stereo corpus, data parallel with Ray Train.
 
     python -m pipelines.train --corpus DST --output CKPT [--config tiny|base|full|PATH]
-                              [--num-workers N] [--steps S] [--batch-size B] [--query Q]
+                              [--stage frames|video] [--num-workers N] [--steps S]
+                              [--batch-size B] [--query Q]
+
+The paper's recipe is two runs into the same CKPT: ``--stage frames`` (single frames, the
+denoiser's temporal layers frozen), then ``--stage video`` (every layer, on windows), which
+starts from the frames stage's latest checkpoint (its EMA weights). A stage's checkpoints go to
+CKPT/<stage>/step_XXXXXXXX/ (each a SpatialDreamerPipeline folder plus training_state/); the
+stage's final EMA weights are exported to CKPT/pipeline/, the folder ``spatialdreamer convert
+--refiner`` takes. A config's ``stages:`` section holds per-stage overrides of ``train:``.
 
 Runs on a local embedded Ray unless RAY_ADDRESS names a cluster. Each worker trains one
 replica (``spatialdreamer.train.run_worker``; DDP over gloo on CPU, NCCL on GPU, one GPU per
 worker when the cluster has GPUs) and reads its own deterministic share of the corpus windows.
-Checkpoints go to CKPT/run/step_XXXXXXXX/ (each a SpatialDreamerPipeline folder plus
-training_state/); the final weights are exported to CKPT/pipeline/.
 
 Resume: a crashed worker is restarted from the latest checkpoint (``ray.max_failures`` in the
 config); a crashed or stopped job resumes when the same command is run again, and a finished
@@ -23,16 +29,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import sys
-import tempfile
 
 from pipelines.configs import read_config
+from pipelines.ray_session import connect
 from spatialdreamer.data.dataset import StereoClipDataset
 from spatialdreamer.runtime import tune_cpu_allocator
 from spatialdreamer.train import STATE_DIR, TrainConfig, read_training_state, run_worker
+from spatialdreamer.train.checkpoint import export_pipeline
 
-RUN_NAME = "run"
+STAGES = ("frames", "video")
 _RAY_KEYS = {"num_workers", "cpus_per_worker", "use_gpu", "max_failures", "keep_checkpoints"}
 _RAY_DEFAULTS = {
     "num_workers": 1,
@@ -45,12 +51,20 @@ _RAY_DEFAULTS = {
 log = logging.getLogger("pipelines.train")
 
 
-def load_config(name_or_path: str, overrides: dict | None = None) -> tuple[TrainConfig, dict]:
-    """``(TrainConfig, ray settings)`` from ``configs/train_<name>.yaml`` or a YAML path."""
+def load_config(
+    name_or_path: str, overrides: dict | None = None, stage: str = "video"
+) -> tuple[TrainConfig, dict]:
+    """``(TrainConfig, ray settings)`` of one stage from ``configs/train_<name>.yaml`` or a YAML
+    path: ``train:`` updated by ``stages: {<stage>: …}``, then by ``overrides``."""
     path, values = read_config(name_or_path, prefix="train_", listing="train_*.yaml", kind="train config")
-    if set(values) - {"train", "ray"}:
-        raise ValueError(f"config {path} must be a mapping with 'train' and 'ray' sections")
-    train = dict(values.get("train") or {})
+    if set(values) - {"train", "ray", "stages"}:
+        raise ValueError(f"config {path} must be a mapping with 'train', 'stages' and 'ray' sections")
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
+    stages = dict(values.get("stages") or {})
+    if set(stages) - set(STAGES):
+        raise ValueError(f"config {path}: unknown stages {sorted(set(stages) - set(STAGES))}")
+    train = dict(values.get("train") or {}) | dict(stages.get(stage) or {}) | {"stage": stage}
     ray_cfg = _RAY_DEFAULTS | dict(values.get("ray") or {})
     for key, value in (overrides or {}).items():
         if value is None:
@@ -97,35 +111,31 @@ def train_loop_per_worker(settings: dict) -> None:
             run_worker(config, settings["corpus"], resume_from=folder, **kwargs)
 
 
-def export_pipeline(checkpoint_dir: str, destination: str) -> str:
-    """Copy a checkpoint's pipeline (without optimizer state) to ``destination`` atomically."""
-    parent = os.path.dirname(os.path.abspath(destination))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".pipeline-", dir=parent)
-    try:
-        shutil.copytree(checkpoint_dir, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(STATE_DIR))
-        if os.path.isdir(destination):
-            shutil.rmtree(destination)
-        os.replace(tmp, destination)
-    finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp)
-    return destination
+def latest_checkpoint(run_dir: str) -> str | None:
+    """The highest ``step_*`` checkpoint folder of a stage's run folder (local paths)."""
+    if not os.path.isdir(run_dir):
+        return None
+    steps = sorted(
+        d
+        for d in os.listdir(run_dir)
+        if d.startswith("step_") and os.path.isdir(os.path.join(run_dir, d, STATE_DIR))
+    )
+    return os.path.join(run_dir, steps[-1]) if steps else None
 
 
 def _init_ray():
-    import ray
-
-    if not ray.is_initialized():
-        # RAY_ADDRESS, when set, names the cluster; otherwise Ray starts an embedded local one.
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False)
-    return ray
+    # RAY_ADDRESS, when set, names the cluster; otherwise Ray starts an embedded local one.
+    return connect(include_dashboard=False)
 
 
 def train(corpus: str, output: str, config: TrainConfig, ray_cfg: dict, verbose: bool = False) -> dict:
     """Run (or resume) the Ray Train job; returns a summary of the final checkpoint."""
     corpus = corpus if "://" in corpus else os.path.abspath(corpus)
     output = output if "://" in output else os.path.abspath(output)
+    if config.stage == "video" and config.init_from is None and "://" not in output:
+        frames = latest_checkpoint(os.path.join(output, "frames"))
+        if frames is not None:  # the paper's second stage starts from the first
+            config = TrainConfig.from_dict(config.to_dict() | {"init_from": frames})
     # fail fast, before any worker starts: the corpus must exist and the query select something
     dataset = StereoClipDataset(
         corpus, config.frames, config.size, query=config.query, stride=config.frame_stride
@@ -142,14 +152,16 @@ def train(corpus: str, output: str, config: TrainConfig, ray_cfg: dict, verbose:
         resources_per_worker={"CPU": ray_cfg["cpus_per_worker"]} | ({"GPU": 1} if use_gpu else {}),
     )
     run_config = RunConfig(
-        name=RUN_NAME,
+        name=config.stage,
         storage_path=output,
         checkpoint_config=CheckpointConfig(num_to_keep=ray_cfg["keep_checkpoints"]),
         failure_config=FailureConfig(max_failures=ray_cfg["max_failures"]),
     )
     log.info(
-        "training %s on %d samples (%d clips) with %d workers%s",
+        "training %s, stage %s%s, on %d samples (%d clips) with %d workers%s",
         config.model,
+        config.stage,
+        f" from {config.init_from}" if config.init_from else "",
         len(dataset),
         len(dataset.rows),
         ray_cfg["num_workers"],
@@ -167,8 +179,12 @@ def train(corpus: str, output: str, config: TrainConfig, ray_cfg: dict, verbose:
     )
     result = trainer.fit()
     if result.checkpoint is None:
-        raise RuntimeError(f"training finished without a checkpoint under {output}/{RUN_NAME}")
-    summary = {"checkpoint": result.checkpoint.path, "metrics": dict(result.metrics or {})}
+        raise RuntimeError(f"training finished without a checkpoint under {output}/{config.stage}")
+    summary = {
+        "checkpoint": result.checkpoint.path,
+        "metrics": dict(result.metrics or {}),
+        "init_from": config.init_from,
+    }
     if "://" not in output:
         with result.checkpoint.as_directory() as folder:
             summary["step"] = read_training_state(os.path.join(folder, STATE_DIR))["step"]
@@ -202,6 +218,16 @@ def main(argv: list[str] | None = None) -> int:
         "--config", default="tiny", help="tiny, base, full (pipelines/configs/train_*.yaml) or a YAML path"
     )
     parser.add_argument(
+        "--stage",
+        choices=STAGES,
+        default="video",
+        help="frames: single frames, temporal layers frozen; video: all layers, starting from the "
+        "frames stage's checkpoint in OUTPUT when there is one (default: video)",
+    )
+    parser.add_argument(
+        "--init-from", default=None, help="checkpoint or pipeline folder whose weights start this stage"
+    )
+    parser.add_argument(
         "--num-workers", type=int, default=None, help="training workers (one GPU each on GPU clusters)"
     )
     parser.add_argument(
@@ -228,9 +254,10 @@ def main(argv: list[str] | None = None) -> int:
         "learning_rate": args.learning_rate,
         "query": args.query,
         "pretrained": args.pretrained,
+        "init_from": args.init_from,
     }
     try:
-        config, ray_cfg = load_config(args.config, overrides)
+        config, ray_cfg = load_config(args.config, overrides, stage=args.stage)
         summary = train(args.corpus, args.output, config, ray_cfg, verbose=args.verbose)
     except KeyboardInterrupt:
         print(
@@ -244,7 +271,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     metrics = summary["metrics"]
     step, loss = summary.get("step", metrics.get("step")), metrics.get("loss", float("nan"))
-    print(f"trained to step {step}: loss {loss:.4f}")
+    print(f"trained {config.stage} stage to step {step}: loss {loss:.4f}")
+    if summary.get("init_from"):
+        print(f"started from: {summary['init_from']}")
     print(f"checkpoint: {summary['checkpoint']}")
     if "pipeline" in summary:
         print(f"pipeline:   {summary['pipeline']}  (SpatialDreamerPipeline.from_pretrained)")

@@ -38,7 +38,8 @@ def test_fusion_equals_first_half_of_self_attention_over_concatenated_tokens():
     x, r = torch.randn(3, 6, 16, generator=g), torch.randn(3, 6, 16, generator=g)
     bank = ReferenceBank()
     attn.set_processor(FusedSelfAttnProcessor("layer", bank))
-    with torch.no_grad(), bank.fuse({"layer": r}):
+    bank.use({"layer": r})
+    with torch.no_grad():
         fused = attn(x)
     both = torch.cat([x, r], dim=1)  # feature maps stacked along the height axis = appended tokens
     with torch.no_grad():
@@ -55,15 +56,15 @@ def test_fusion_pairs_each_frame_with_its_own_reference_frame():
     r2 = r.clone()
     r2[2] += 1.0
     with torch.no_grad():
-        with bank.fuse({"layer": r}):
-            a = attn(x)
-        with bank.fuse({"layer": r2}):
-            b = attn(x)
+        bank.use({"layer": r})
+        a = attn(x)
+        bank.use({"layer": r2})
+        b = attn(x)
     changed = (a - b).abs().flatten(1).amax(dim=1) > 1e-6
     assert changed.tolist() == [False, False, True, False]
 
 
-def test_fusion_outside_fuse_block_is_plain_self_attention_and_checks_shapes():
+def test_fusion_without_features_in_use_is_plain_self_attention_and_checks_shapes():
     attn = _attention()
     x = torch.randn(2, 5, 16)
     bank = ReferenceBank()
@@ -71,13 +72,16 @@ def test_fusion_outside_fuse_block_is_plain_self_attention_and_checks_shapes():
         plain = attn(x)
         attn.set_processor(FusedSelfAttnProcessor("layer", bank))
         torch.testing.assert_close(attn(x), plain)
-        with (
-            bank.fuse({"layer": torch.randn(3, 5, 16)}),
-            pytest.raises(ValueError, match="one reference frame"),
-        ):
+        bank.use({"layer": torch.randn(3, 5, 16)})
+        with pytest.raises(ValueError, match="one reference frame"):
             attn(x)
-        with bank.fuse({"other": torch.randn(2, 5, 16)}), pytest.raises(KeyError, match="layer"):
+        bank.use({"other": torch.randn(2, 5, 16)})
+        with pytest.raises(KeyError, match="layer"):
             attn(x)
+        bank.clear()
+        torch.testing.assert_close(attn(x), plain)
+    with pytest.raises(ValueError, match="no RefinerNet features"):
+        bank.use({})
 
 
 def test_til_at_weight_one_equals_plain_self_attention():
@@ -116,14 +120,19 @@ def test_til_blend_matches_its_definition():
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_til_records_its_input_tokens_for_the_denoiser():
+def test_til_records_its_augmented_output_for_the_denoiser():
+    """The denoiser fuses aug_r (after temporal interaction), not the tokens entering attention."""
     attn = _attention()
-    x = torch.randn(2, 5, 16)
+    x = torch.randn(4, 5, 16)
     bank = ReferenceBank()
+    bank.num_frames = 2
     attn.set_processor(RefinerAttnProcessor("layer", bank, til_weight=0.5, til_frames=1))
     with torch.no_grad(), bank.record() as feats:
-        attn(x)
-    assert torch.equal(feats["layer"], x)
+        out = attn(x)
+    assert torch.equal(feats["layer"], out)
+    with torch.no_grad():  # ... and that output really carries the other frame (TIL is on)
+        plain = _reference_attention(attn, x, x)
+    assert (feats["layer"] - plain).abs().max() > 1e-3
     assert bank.features == {} and not bank.recording
 
 

@@ -53,7 +53,7 @@ def test_reference_changes_the_denoiser_output(pipe):
 def test_deviation_embedding_is_added_to_the_time_embedding():
     torch.manual_seed(0)
     unet = build_pipeline("tiny").unet
-    sample = torch.randn(1, 2, 9, 4, 6)
+    sample = torch.randn(1, 2, unet.config.in_channels, 4, 6)
     ehs, ids = torch.randn(1, 1, 32), added_time_ids(unet, 1)
     with torch.no_grad():
         # zero-initialised output layer: pretrained behaviour is untouched at the start
@@ -74,7 +74,7 @@ def test_deviation_embedding_is_added_to_the_time_embedding():
 
 
 def test_denoiser_rejects_wrong_input_channels(pipe):
-    with pytest.raises(ValueError, match=r"\[B, F, 9, h, w\]"):
+    with pytest.raises(ValueError, match=r"\[B, F, 97, h, w\]"):
         pipe.unet(torch.randn(1, 2, 8, 4, 6), 1, torch.zeros(1, 1, 32), added_time_ids(pipe.unet, 1))
     with pytest.raises(ValueError, match="2\\*latent_channels"):
         SpatialDreamerDenoiser(in_channels=8, latent_channels=4)
@@ -88,7 +88,8 @@ def test_refinernet_from_denoiser_copies_spatial_weights(pipe):
     )
     key = "mid_block.attentions.0.transformer_blocks.0.attn1.to_q.weight"
     assert torch.equal(r[key], d[key])
-    assert torch.equal(r["conv_in.weight"], d["conv_in.weight"][:, :4])
+    latent = pipe.unet.config.latent_channels
+    assert torch.equal(r["conv_in.weight"], d["conv_in.weight"][:, :latent])
     assert ref.config.til_weight == 0.25 and ref.config.til_frames == 3
     assert not any("temporal" in k for k in r)
 
@@ -138,14 +139,33 @@ def test_training_losses_reject_bad_batches(pipe):
         training_losses(good, stereo_loss_weight=-1.0, **kw)
 
 
-def test_gradient_checkpointing_is_refused_with_fusion():
-    pipe = build_pipeline("tiny")
-    x = _inputs(pipe)
-    pipe.unet.enable_gradient_checkpointing()
-    with pytest.raises(ValueError, match="gradient checkpointing"):
-        predict_velocity(pipe.unet, pipe.refinernet, **x)
-    with torch.no_grad():  # inference never recomputes, so it is allowed
-        assert predict_velocity(pipe.unet, pipe.refinernet, **x).shape == x["noisy_latents"].shape
+def test_gradient_checkpointing_gives_the_same_gradients_with_fusion_and_til():
+    """Checkpointed blocks recompute fusion and TIL during backward: the state they read must
+    still be the forward's (it used to live in a context manager that had already exited)."""
+
+    def gradients(checkpointing: bool) -> dict[str, torch.Tensor]:
+        pipe = build_pipeline("tiny", seed=3)
+        torch.nn.init.normal_(
+            pipe.unet.deviation_embedding.linear_2.weight, std=0.1, generator=torch.Generator().manual_seed(0)
+        )
+        for model in (pipe.unet, pipe.refinernet):
+            model.train()
+            if checkpointing:
+                model.enable_gradient_checkpointing()
+        x = _inputs(pipe, frames=3)
+        predict_velocity(pipe.unet, pipe.refinernet, **x).square().mean().backward()
+        return {
+            f"{prefix}.{n}": p.grad.clone()
+            for prefix, model in (("unet", pipe.unet), ("refinernet", pipe.refinernet))
+            for n, p in model.named_parameters()
+            if p.grad is not None
+        }
+
+    plain, checkpointed = gradients(False), gradients(True)
+    assert plain.keys() == checkpointed.keys()
+    assert any(k.startswith("refinernet.down_blocks") for k in plain)  # fusion carries gradient back
+    for key in plain:
+        torch.testing.assert_close(checkpointed[key], plain[key], rtol=1e-4, atol=1e-6, msg=key)
 
 
 def test_model_save_load_round_trip_gives_identical_outputs(pipe, tmp_path):
@@ -169,3 +189,13 @@ def test_model_save_load_round_trip_gives_identical_outputs(pipe, tmp_path):
     # weights are bit-identical; CPU kernels may round differently on differently aligned
     # (memory-mapped) tensors, so outputs are compared at float32 precision
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+
+
+def test_checkpointing_covers_the_temporal_blocks_and_switches_off():
+    unet = build_pipeline("tiny").unet
+    temporal = [m for n, m in unet.named_modules() if n.endswith("temporal_transformer_blocks.0")]
+    assert temporal
+    unet.enable_gradient_checkpointing()
+    assert all("_unchecked_forward" in vars(m) for m in temporal)
+    unet.disable_gradient_checkpointing()
+    assert not any("_unchecked_forward" in vars(m) for m in temporal) and not unet.is_gradient_checkpointing

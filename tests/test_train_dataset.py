@@ -9,6 +9,7 @@ from train_helpers import CLIPS, HEIGHT, WIDTH, write_corpus
 from spatialdreamer.data import load_manifest
 from spatialdreamer.data.dataset import StereoClipDataset, fit_frames, resize_cover
 from spatialdreamer.data.shards import read_clip
+from spatialdreamer.models.reference import reference_view
 from spatialdreamer.train import StepBatchSampler
 
 
@@ -37,6 +38,34 @@ def test_samples_are_the_warp_back_triple_with_shapes_dtypes_and_ranges(corpus):
     err = (sample["rendered"] - sample["target"]).abs()[valid].mean()
     assert err < 0.05
     assert not torch.equal(sample["reference"], sample["target"])
+    # the reference is complete, built exactly as at inference: the warped other eye, its holes
+    # filled from the background side (no black holes that inference never shows)
+    right_holes = resize_cover(clip.right_holes[:4], (32, 48), mask=True)
+    expected = reference_view(resize_cover(clip.right[:4], (32, 48)), right_holes)
+    assert right_holes.any() and torch.equal(sample["reference"], expected)
+    assert not (sample["reference"].amax(1, keepdim=True)[right_holes] == 0).all()
+
+
+def test_clip_cache_decodes_each_clip_once(corpus, monkeypatch):
+    import spatialdreamer.data.dataset as dataset_module
+
+    calls = []
+
+    def counting(root, row):
+        calls.append(row["clip_id"])
+        return read_clip(root, row)
+
+    monkeypatch.setattr(dataset_module, "read_clip", counting)
+    cached = StereoClipDataset(corpus, num_frames=1, size=(32, 48), cache_clips=8)
+    first = [cached[i]["target"] for i in range(len(cached))]
+    again = [cached[i]["target"] for i in range(len(cached))]
+    assert len(calls) == len(CLIPS) and all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    calls.clear()
+    plain = StereoClipDataset(corpus, num_frames=1, size=(32, 48))
+    assert all(torch.equal(plain[i]["target"], first[i]) for i in range(len(plain)))
+    assert len(calls) == len(plain)  # one decode per access without a cache
+    with pytest.raises(ValueError, match="cache_clips"):
+        StereoClipDataset(corpus, num_frames=1, cache_clips=-1)
 
 
 def test_native_size_and_windows_follow_num_frames_and_stride(corpus):

@@ -39,9 +39,17 @@ def _state(folder) -> dict:
 def test_job_trains_two_workers_writes_a_loadable_pipeline_and_resumes(ray_session, corpus, tmp_path, capsys):
     out = tmp_path / "run"
     args = ["--corpus", corpus, "--output", str(out), "--config", "tiny", "--num-workers", "2"]
+    # stage 1: single frames, temporal layers frozen
+    assert main([*args, "--stage", "frames", "--steps", "1"]) == 0
+    assert "trained frames stage to step 1" in capsys.readouterr().out
+    frames_state = _state(out / "frames" / "step_00000001")
+    assert frames_state["config"]["stage"] == "frames" and frames_state["config"]["batch_size"] == 4
+    # stage 2 starts from stage 1's checkpoint
     assert main([*args, "--steps", "2"]) == 0
-    assert "trained to step 2" in capsys.readouterr().out
-    first = out / "run" / "step_00000002"
+    printed = capsys.readouterr().out
+    assert "trained video stage to step 2" in printed
+    assert f"started from: {out / 'frames' / 'step_00000001'}" in printed
+    first = out / "video" / "step_00000002"
     state = _state(first)
     assert state["step"] == 2 and state["world_size"] == 2
     assert state["metrics"]["samples_seen"] == 2 * 2 * 2  # steps x batch x workers
@@ -50,9 +58,9 @@ def test_job_trains_two_workers_writes_a_loadable_pipeline_and_resumes(ray_sessi
 
     # rerunning with more steps resumes from the latest checkpoint instead of starting over
     assert main([*args, "--steps", "3"]) == 0
-    resumed = _state(out / "run" / "step_00000003")
+    resumed = _state(out / "video" / "step_00000003")
     assert resumed["step"] == 3 and resumed["metrics"]["start_step"] == 2
-    assert "trained to step 3" in capsys.readouterr().out
+    assert "trained video stage to step 3" in capsys.readouterr().out
     assert os.path.isfile(out / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors")
 
 
@@ -79,6 +87,9 @@ def test_bad_input_gives_a_one_line_error(corpus, tmp_path, capsys, extra, messa
 def test_config_overrides_and_unknown_settings(tmp_path):
     config, ray_cfg = load_config("tiny", {"steps": 7, "num_workers": 3, "query": "hole_ratio < 1"})
     assert (config.steps, config.query, ray_cfg["num_workers"]) == (7, "hole_ratio < 1", 3)
+    frames, _ = load_config("tiny", {"steps": 7}, stage="frames")  # the config's stages: section
+    assert (frames.stage, frames.frames, frames.batch_size, frames.steps) == ("frames", 1, 4, 7)
+    assert config.stage == "video" and config.batch_size == 2
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  model: tiny\nray:\n  num_gpus: 4\n")
     with pytest.raises(ValueError, match="unknown ray settings: num_gpus"):

@@ -31,22 +31,28 @@ def batch(corpus):
     return default_collate([ds[0], ds[1]])
 
 
+@pytest.fixture(scope="module")
+def frames(batch):
+    """Corpus frames that calibrate the tiny config's latent space."""
+    return batch["target"].flatten(0, 1)
+
+
 def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def test_steps_on_a_fixed_batch_reduce_the_loss(batch):
-    trainer = Trainer(TrainConfig.from_dict(TINY | {"steps": 10}))
+def test_steps_on_a_fixed_batch_reduce_the_loss(batch, frames):
+    trainer = Trainer(TrainConfig.from_dict(TINY | {"steps": 10}), calibration_frames=frames)
     losses = []
-    for _ in range(6):
+    for _ in range(10):
         trainer.step = 0  # same noise and noise level each time: only the weights change
         losses.append(trainer.train_step(batch)["loss"])
-    assert losses[-1] < 0.6 * losses[0], losses
+    assert losses[-1] < 0.75 * losses[0], losses
     assert all(b < a for a, b in zip(losses, losses[1:], strict=False)), losses
 
 
-def test_a_step_updates_both_unets_and_leaves_the_vae_frozen(batch):
-    trainer = Trainer(TrainConfig.from_dict(TINY))
+def test_a_step_updates_both_unets_and_leaves_the_vae_frozen(batch, frames):
+    trainer = Trainer(TrainConfig.from_dict(TINY), calibration_frames=frames)
     before = {name: _state(getattr(trainer.pipe, name)) for name in ("unet", "refinernet", "vae")}
     metrics = trainer.train_step(batch)
     assert metrics["grad_norm"] > 0 and trainer.step == 1
@@ -84,7 +90,7 @@ def test_train_config_rejects_unknown_and_bad_settings():
     assert (cfg.frames, cfg.size, cfg.lambda_d) == (4, (32, 48), 0.1)  # from the model config
 
 
-def test_checkpoint_round_trip_restores_weights_optimizer_and_resumes_identically(corpus, tmp_path):
+def test_checkpoint_round_trip_restores_weights_optimizer_and_resumes_identically(corpus, frames, tmp_path):
     cfg = TrainConfig.from_dict(TINY | {"checkpoint_every": 2})
     saved = {}
 
@@ -101,19 +107,23 @@ def test_checkpoint_round_trip_restores_weights_optimizer_and_resumes_identicall
     assert json.loads((saved[4] / STATE_DIR / "state.json").read_text())["step"] == 4
 
     # restore: identical weights and optimizer state
-    restored = Trainer(cfg)
+    restored = Trainer(cfg, calibration_frames=frames[:1])  # the checkpoint's latent scale wins
     restored.load_checkpoint(str(saved[2]))
+    assert restored.pipe.vae.config.scaling_factor == mid_scale(saved[2])
     mid = SpatialDreamerPipeline.from_pretrained(saved[2])
     for name in ("unet", "refinernet"):
         a, b = getattr(mid, name).state_dict(), getattr(restored.pipe, name).state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a)
-    reference = Trainer(cfg)
+    reference = Trainer(cfg, calibration_frames=frames)
     reference.load_checkpoint(str(saved[2]))
     opt_a, opt_b = restored.optimizer.state_dict(), reference.optimizer.state_dict()
     assert len(opt_a["state"]) > 0 and opt_a["state"].keys() == opt_b["state"].keys()
     for i, slots in opt_a["state"].items():
         assert all(torch.equal(slots[k], opt_b["state"][i][k]) for k in slots)
     assert restored.step == 2 and opt_a["param_groups"] == opt_b["param_groups"]
+    ema_a, ema_b = restored.ema.state_dict(), reference.ema.state_dict()
+    assert ema_a["optimization_step"] == 2
+    assert all(torch.equal(x, y) for x, y in zip(ema_a["shadow_params"], ema_b["shadow_params"], strict=True))
 
     # resume from step 2 and finish: bit-identical to the uninterrupted run
     resumed = {}
@@ -130,8 +140,12 @@ def test_checkpoint_round_trip_restores_weights_optimizer_and_resumes_identicall
         assert all(torch.equal(a[k], b[k]) for k in a), name
 
 
-def test_optimizer_state_refuses_a_model_with_other_parameters(corpus, tmp_path):
-    trainer = Trainer(TrainConfig.from_dict(TINY))
+def mid_scale(folder) -> float:
+    return json.loads((folder / "vae" / "config.json").read_text())["scaling_factor"]
+
+
+def test_optimizer_state_refuses_a_model_with_other_parameters(corpus, frames, tmp_path):
+    trainer = Trainer(TrainConfig.from_dict(TINY), calibration_frames=frames)
     trainer.save_checkpoint(str(tmp_path / "ck"))
     with pytest.raises(ValueError, match="trains other parameters"):
         load_optimizer_state(str(tmp_path / "ck" / STATE_DIR), trainer.optimizer, trainer.param_names[::-1])

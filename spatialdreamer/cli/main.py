@@ -59,6 +59,16 @@ def _add_convert(sub) -> None:
         "--crf", type=int, default=17, help="quality, lower is better (default 17, visually lossless)"
     )
     p.add_argument("--no-inpaint", action="store_true", help="fill holes by propagation only (faster)")
+    p.add_argument(
+        "--refiner",
+        default=None,
+        metavar="PATH",
+        help="fill holes with a trained SpatialDreamerPipeline (the pipeline/ folder pipelines.train "
+        "writes, or a Hugging Face id) instead of the classical fill",
+    )
+    p.add_argument(
+        "--refiner-steps", type=int, default=8, help="denoising steps with --refiner (default 8; 1 = fastest)"
+    )
     p.add_argument("--chunk", type=int, default=16, help="frames decoded and processed at a time")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_convert)
@@ -81,6 +91,8 @@ def _run_convert(args) -> int:
         codec=args.codec,
         crf=args.crf,
         inpaint=not args.no_inpaint,
+        refiner=args.refiner,
+        refiner_steps=args.refiner_steps,
     )
     bars: list[tqdm] = []
 

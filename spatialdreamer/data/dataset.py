@@ -6,10 +6,12 @@ Each item is one window of ``num_frames`` frames from one clip, in the layout
 * ``rendered`` ``[T,3,H,W]`` float32 in [0, 1]: the warp-back view (zero in holes), the input;
 * ``mask`` ``[T,1,H,W]`` bool: its holes (True = hole), the input mask;
 * ``target`` ``[T,3,H,W]`` float32 in [0, 1]: the source frames, the ground truth;
-* ``reference`` ``[T,3,H,W]`` float32 in [0, 1]: the other-eye view (the source forward-warped,
-  zero in its holes), what RefinerNet encodes. At inference the reference is the source eye and
-  the target the other; warp-back training mirrors that, so the reference must not be the target
-  (``s(z₀) = |z₀ − z_ref|`` would be zero and RefinerNet would learn to copy).
+* ``reference`` ``[T,3,H,W]`` float32 in [0, 1]: the other-eye view (the source forward-warped),
+  what RefinerNet encodes, made complete by
+  :func:`~spatialdreamer.models.reference.reference_view` exactly as at inference, where the
+  reference is the (complete) source eye. Warp-back training mirrors inference, so the
+  reference must not be the target (``s(z₀) = |z₀ − z_ref|`` would be zero and RefinerNet
+  would learn to copy).
 
 Only the manifest rows are held; shards are decoded in ``__getitem__``, so memory is one clip
 per loader worker whatever the corpus size.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import pandas as pd
@@ -27,7 +30,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from spatialdreamer.data.manifest import load_manifest
-from spatialdreamer.data.shards import SHARD_FILES, read_clip
+from spatialdreamer.data.shards import SHARD_FILES, ClipArrays, read_clip
+from spatialdreamer.models.reference import reference_view
 
 __all__ = ["SAMPLE_KEYS", "StereoClipDataset", "fit_frames", "resize_cover"]
 
@@ -90,6 +94,9 @@ class StereoClipDataset(Dataset):
         stride: frames between window starts within a clip (default ``num_frames``: disjoint
             windows); windows start at 0, so cropping is deterministic.
         manifest: an already loaded (and filtered) manifest instead of reading ``root``'s.
+        cache_clips: decoded clips kept in memory per process (least recently used first out);
+            0 = decode on every access. A clip holds many windows (every frame is one in the
+            ``frames`` stage), so a cache saves most decoding on corpora that fit in memory.
 
     Example:
         >>> ds = StereoClipDataset("corpus/", num_frames=8, size=(256, 384))  # doctest: +SKIP
@@ -106,6 +113,7 @@ class StereoClipDataset(Dataset):
         query: str | None = None,
         stride: int | None = None,
         manifest: pd.DataFrame | None = None,
+        cache_clips: int = 0,
     ) -> None:
         if not isinstance(num_frames, int) or num_frames < 1:
             raise ValueError(f"num_frames must be a positive integer, got {num_frames!r}")
@@ -141,6 +149,10 @@ class StereoClipDataset(Dataset):
         if size is None and len({(r["height"], r["width"]) for r in self.rows}) > 1:
             raise ValueError("clips of different sizes cannot be batched; pass size=(H, W)")
         self._unreadable: set[str] = set()  # per process (each loader worker learns its own)
+        if not isinstance(cache_clips, int) or cache_clips < 0:
+            raise ValueError(f"cache_clips must be an integer >= 0, got {cache_clips!r}")
+        self.cache_clips = cache_clips
+        self._cache: OrderedDict[str, ClipArrays] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -165,8 +177,20 @@ class StereoClipDataset(Dataset):
                 log.warning("skipping unreadable clip %s (%s)", row["clip_id"], reason)
         raise RuntimeError(f"no readable clip near sample {index} of {self.root}: {'; '.join(errors)[:500]}")
 
-    def _sample(self, window: _Window, row: dict) -> dict:
+    def _clip(self, row: dict) -> ClipArrays:
+        key = str(row["clip_id"])
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
         clip = read_clip(self.root, row)
+        if self.cache_clips:
+            self._cache[key] = clip
+            while len(self._cache) > self.cache_clips:
+                self._cache.popitem(last=False)
+        return clip
+
+    def _sample(self, window: _Window, row: dict) -> dict:
+        clip = self._clip(row)
         size = self.size or (int(row["height"]), int(row["width"]))
 
         def frames(x: torch.Tensor, mask: bool = False) -> torch.Tensor:
@@ -177,7 +201,7 @@ class StereoClipDataset(Dataset):
             "target": frames(clip.rgb),
             "rendered": frames(clip.back).masked_fill(mask, 0.0),
             "mask": mask,
-            "reference": frames(clip.right).masked_fill(right_holes, 0.0),
+            "reference": reference_view(frames(clip.right), right_holes),
             "clip_id": str(row["clip_id"]),
             "start": window.start,
         }

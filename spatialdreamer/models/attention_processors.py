@@ -9,8 +9,14 @@ Two behaviours are added without forking any U-Net block:
   denoiser tokens gives exactly that first half at half the cost.
 * **Temporal interaction learning** (RefinerNet side, :class:`RefinerAttnProcessor`):
   ``aug = λ·Attn(r_t, r_t) + (1 − λ)·mean_i Attn(r_t, r_i)`` over the ``N_r`` frames nearest to
-  ``t``. The same processor records its input tokens into a :class:`ReferenceBank` so the
-  denoiser layer with the same name can read them.
+  ``t``. The same processor records its output — the TIL-augmented feature ``aug_r`` (after the
+  output projection, the tokens RefinerNet's block adds to its residual stream) — into a
+  :class:`ReferenceBank` so the denoiser layer with the same name can read them.
+
+State is held explicitly on the bank, not in a context manager: the features stay in use until
+the next :meth:`ReferenceBank.use` (and ``num_frames`` until the next RefinerNet call), so
+gradient checkpointing, which recomputes blocks during backward after the forward call has
+returned, sees exactly what the forward saw.
 
 Both sides flatten ``batch × frames`` in the same order (``b * F + f``), so token row ``k`` of
 the denoiser meets row ``k`` of RefinerNet: frame ``f`` of video ``b`` is fused with reference
@@ -39,8 +45,10 @@ __all__ = [
 class ReferenceBank:
     """Per-layer RefinerNet features shared between RefinerNet and the denoiser processors.
 
-    ``features[name]`` is the ``[B*F, N, C]`` token tensor entering RefinerNet's self-attention
-    ``name`` (the processor name, e.g. ``down_blocks.0.attentions.0.transformer_blocks.0.attn1``).
+    ``features[name]`` is the ``[B*F, N, C]`` TIL-augmented output of RefinerNet's
+    self-attention ``name`` (the processor name, e.g.
+    ``down_blocks.0.attentions.0.transformer_blocks.0.attn1``); ``active`` is what the denoiser
+    fuses (``None`` = plain self-attention).
     """
 
     def __init__(self) -> None:
@@ -60,16 +68,16 @@ class ReferenceBank:
             self.recording = False
             self.features = {}
 
-    @contextmanager
-    def fuse(self, features: dict[str, torch.Tensor]) -> Iterator[None]:
-        """Make the denoiser's fusion processors read ``features`` inside the block."""
+    def use(self, features: dict[str, torch.Tensor]) -> None:
+        """Make the denoiser's fusion processors read ``features`` from now on (until the next
+        ``use`` or :meth:`clear`), including in checkpoint recomputation during backward."""
         if not features:
             raise ValueError("no RefinerNet features to fuse: run RefinerNet under bank.record() first")
-        previous, self.active = self.active, features
-        try:
-            yield
-        finally:
-            self.active = previous
+        self.active = features
+
+    def clear(self) -> None:
+        """Back to plain self-attention; drops the references to the features."""
+        self.active = None
 
 
 def temporal_neighbours(num_frames: int, count: int, device: torch.device | None = None) -> torch.Tensor:
@@ -139,7 +147,8 @@ class FusedSelfAttnProcessor:
 
     With ``x`` ``[B*F, N, C]`` and reference ``r`` ``[B*F, M, C]``: ``out = Attn(q=x, kv=[x; r])``,
     i.e. the first ``N`` rows of full self-attention over ``[x; r]``. Outside
-    :meth:`ReferenceBank.fuse` it is plain self-attention (the denoiser alone).
+    :meth:`ReferenceBank.use` (or after :meth:`ReferenceBank.clear`) it is plain self-attention
+    (the denoiser alone).
     """
 
     def __init__(self, name: str, bank: ReferenceBank) -> None:
@@ -175,12 +184,13 @@ class FusedSelfAttnProcessor:
 
 
 class RefinerAttnProcessor:
-    """RefinerNet self-attention with temporal interaction learning; records its input tokens.
+    """RefinerNet self-attention with temporal interaction learning; records its output ``aug_r``.
 
     ``aug = λ·Attn(r_t, r_t) + (1 − λ)·mean_{i ∈ N(t)} Attn(r_t, r_i)`` where ``N(t)`` are the
     ``til_frames`` nearest frames (see :func:`temporal_neighbours`). The number of frames per
     video comes from ``bank.num_frames`` (set by :meth:`RefinerNet.forward`); with one frame, or
-    ``λ = 1``, it is plain self-attention.
+    ``λ = 1``, it is plain self-attention. Under :meth:`ReferenceBank.record` the output is
+    stored for the denoiser.
     """
 
     def __init__(self, name: str, bank: ReferenceBank, til_weight: float = 1.0, til_frames: int = 0) -> None:
@@ -203,8 +213,6 @@ class RefinerAttnProcessor:
     ) -> torch.Tensor:
         if encoder_hidden_states is not None:
             raise ValueError(f"{self.name}: TIL is for self-attention, got encoder_hidden_states")
-        if self.bank.recording:
-            self.bank.features[self.name] = hidden_states
         residual = hidden_states
         hidden_states = _prepare(attn, hidden_states, attention_mask)
         query, key, value = _qkv(attn, hidden_states, hidden_states)
@@ -225,7 +233,10 @@ class RefinerAttnProcessor:
                 idx = neighbours[:, j]
                 cross = cross + _sdpa(attn, query, k5[:, idx].flatten(0, 1), v5[:, idx].flatten(0, 1))
             out = self.til_weight * out + (1.0 - self.til_weight) * cross / neighbours.shape[1]
-        return _finish(attn, out, residual, query.dtype)
+        aug = _finish(attn, out, residual, query.dtype)
+        if self.bank.recording:
+            self.bank.features[self.name] = aug
+        return aug
 
 
 def spatial_self_attention_names(model: torch.nn.Module) -> list[str]:

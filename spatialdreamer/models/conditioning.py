@@ -11,6 +11,8 @@ import inspect
 import torch
 import torch.nn.functional as F
 
+from spatialdreamer.models.autoencoder import latent_shift
+
 __all__ = [
     "added_time_ids",
     "decode_latents",
@@ -34,10 +36,11 @@ def encode_frames(vae: torch.nn.Module, frames: torch.Tensor, chunk_size: int = 
     if frames.ndim != 4 or frames.shape[1] != 3:
         raise ValueError(f"frames must be [N, 3, H, W] in [0, 1], got {tuple(frames.shape)}")
     vae = unwrap(vae)
+    shift, scale = latent_shift(vae), vae.config.scaling_factor
     out = []
     for chunk in frames.split(max(1, chunk_size)):
         x = chunk.to(device=vae.device, dtype=vae.dtype) * 2.0 - 1.0
-        out.append(vae.encode(x).latent_dist.mode() * vae.config.scaling_factor)
+        out.append((vae.encode(x).latent_dist.mode() - shift) * scale)
     return torch.cat(out)
 
 
@@ -53,7 +56,7 @@ def decode_latents(
     temporal = "num_frames" in inspect.signature(vae.decode).parameters
     out = []
     for chunk in latents.split(max(1, chunk_size)):
-        z = chunk.to(device=vae.device, dtype=vae.dtype) / vae.config.scaling_factor
+        z = chunk.to(device=vae.device, dtype=vae.dtype) / vae.config.scaling_factor + latent_shift(vae)
         kwargs = {"num_frames": chunk.shape[0]} if temporal else {}
         out.append(vae.decode(z, **kwargs).sample.float())
     return ((torch.cat(out) + 1.0) / 2.0).clamp(0.0, 1.0)
@@ -88,19 +91,6 @@ def added_time_ids(
     return ids.repeat(batch_size, 1)
 
 
-def _refuse_checkpointing(*models: torch.nn.Module) -> None:
-    """Checkpointed blocks recompute in backward, outside the fusion/TIL state: wrong gradients."""
-    if not torch.is_grad_enabled():
-        return
-    for model in models:
-        if getattr(unwrap(model), "is_gradient_checkpointing", False):
-            raise ValueError(
-                f"{type(unwrap(model)).__name__} has gradient checkpointing enabled; reference fusion and "
-                "TIL keep per-call state that checkpoint recomputation does not see. Disable it "
-                "(model.disable_gradient_checkpointing()) when training with fusion."
-            )
-
-
 def encode_reference(
     refinernet: torch.nn.Module, reference_latents: torch.Tensor, encoder_hidden_states: torch.Tensor
 ) -> dict[str, torch.Tensor]:
@@ -114,7 +104,6 @@ def encode_reference(
         raise ValueError(f"reference latents must be [B, F, C, h, w], got {tuple(reference_latents.shape)}")
     batch, frames = reference_latents.shape[:2]
     model = unwrap(refinernet)
-    _refuse_checkpointing(refinernet)
     ehs = encoder_hidden_states.repeat_interleave(frames, dim=0)
     timestep = torch.zeros(batch * frames, device=reference_latents.device)
     with model.bank.record() as features:
@@ -153,15 +142,15 @@ def predict_velocity(
         raise ValueError(
             f"mask latents must be [B, F, 1, h, w] matching {tuple(shape)}, got {tuple(mask_latents.shape)}"
         )
-    _refuse_checkpointing(unet)
     if reference_features is None:
         reference_features = encode_reference(refinernet, reference_latents, encoder_hidden_states)
     model_input = torch.cat([noisy_latents, rendered_latents, mask_latents.to(noisy_latents.dtype)], dim=2)
-    with unwrap(refinernet).bank.fuse(reference_features):
-        return unet(
-            model_input,
-            timestep,
-            encoder_hidden_states=encoder_hidden_states,
-            added_time_ids=added_time_ids,
-            deviation_strength=deviation_strength,
-        ).sample
+    # The features stay in use after this call, for checkpoint recomputation during backward.
+    unwrap(refinernet).bank.use(reference_features)
+    return unet(
+        model_input,
+        timestep,
+        encoder_hidden_states=encoder_hidden_states,
+        added_time_ids=added_time_ids,
+        deviation_strength=deviation_strength,
+    ).sample

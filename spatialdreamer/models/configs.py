@@ -1,10 +1,17 @@
 """Named model configurations and :func:`build_pipeline`.
 
-* ``tiny``: a few hundred thousand parameters of the real architectures; tests and CPU demos.
+* ``tiny``: a few hundred thousand parameters of the real architectures; tests and CPU runs.
+  Its latent space is :class:`SpaceToDepthAutoencoder` (lossless 4×4 space-to-depth, 48
+  channels), calibrated on the corpus when training starts.
 * ``base``: reduced-width SVD layout (about half of SVD's channels), 8-frame windows,
-  sized for training on one 24 GB GPU with fp16/bf16 at 256×384 frames.
+  sized for training on one 24 GB GPU with fp16/bf16 at 256×384 frames, in the latent space
+  of SVD's pretrained VAE (``vae_pretrained``, a hub id or local folder).
 * ``full``: the Stable Video Diffusion layout (paper scale), 14-frame windows; meant to be
-  initialised from SVD weights via ``build_pipeline("full", pretrained=...)``.
+  initialised from SVD weights via ``build_pipeline("full", pretrained=...)`` and RefinerNet
+  from Stable Diffusion 2.1 (``refiner_pretrained``).
+
+A random VAE is never trained through: :class:`~spatialdreamer.train.Trainer` refuses a
+pipeline whose VAE was randomly initialised here.
 """
 
 from __future__ import annotations
@@ -19,11 +26,26 @@ from diffusers import AutoencoderKL, AutoencoderKLTemporalDecoder, DDIMScheduler
 from diffusers.models.unets.unet_spatio_temporal_condition import UNetSpatioTemporalConditionModel
 from diffusers.utils import logging as diffusers_logging
 
+from spatialdreamer.models.autoencoder import SpaceToDepthAutoencoder
 from spatialdreamer.models.denoiser import SpatialDreamerDenoiser
 from spatialdreamer.models.pipeline import SpatialDreamerPipeline
 from spatialdreamer.models.refinernet import RefinerNet
 
-__all__ = ["CONFIGS", "ModelConfig", "build_pipeline", "config_dict", "get_config", "load_pretrained_svd"]
+__all__ = [
+    "CONFIGS",
+    "SD21_ID",
+    "SVD_ID",
+    "ModelConfig",
+    "build_pipeline",
+    "config_dict",
+    "get_config",
+    "load_pretrained_svd",
+    "load_refinernet",
+    "load_vae",
+]
+
+SVD_ID = "stabilityai/stable-video-diffusion-img2vid"
+SD21_ID = "stabilityai/stable-diffusion-2-1"
 
 _SVD_DOWN = ("CrossAttnDownBlockSpatioTemporal",) * 3 + ("DownBlockSpatioTemporal",)
 _SVD_UP = ("UpBlockSpatioTemporal",) + ("CrossAttnUpBlockSpatioTemporal",) * 3
@@ -43,7 +65,10 @@ class ModelConfig:
     addition_time_embed_dim: int = 256
     num_frames: int = 14
     latent_channels: int = 4
-    vae: Literal["kl", "temporal"] = "temporal"
+    vae: Literal["space_to_depth", "kl", "temporal"] = "temporal"
+    vae_pretrained: str | None = None  # hub id or folder (its vae/ subfolder if it has one)
+    vae_patch_size: int = 4  # space_to_depth only
+    refiner_pretrained: str | None = None  # Stable Diffusion U-Net for RefinerNet (hub id or folder)
     vae_block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
     vae_layers_per_block: int = 2
     vae_norm_num_groups: int = 32
@@ -67,10 +92,9 @@ CONFIGS: dict[str, ModelConfig] = {
         cross_attention_dim=32,
         addition_time_embed_dim=8,
         num_frames=4,
-        vae="kl",
-        vae_block_out_channels=(16, 32, 32),
-        vae_layers_per_block=1,
-        vae_norm_num_groups=8,
+        latent_channels=48,
+        vae="space_to_depth",
+        vae_patch_size=4,
         scheduler="ddim",
         train_resolution=(32, 48),
     ),
@@ -79,6 +103,7 @@ CONFIGS: dict[str, ModelConfig] = {
         block_out_channels=(192, 384, 768, 768),
         num_attention_heads=(3, 6, 12, 12),
         num_frames=8,
+        vae_pretrained=SVD_ID,
         scheduler="euler",
         train_resolution=(256, 384),
     ),
@@ -87,6 +112,7 @@ CONFIGS: dict[str, ModelConfig] = {
         block_out_channels=(320, 640, 1280, 1280),
         num_attention_heads=(5, 10, 20, 20),
         num_frames=14,
+        refiner_pretrained=SD21_ID,
         scheduler="euler_edm",
         image_encoder=True,
         train_resolution=(576, 1024),
@@ -149,11 +175,57 @@ def _denoiser_kwargs(cfg: ModelConfig) -> dict:
     )
 
 
-def _make_vae(cfg: ModelConfig):
+_VAE_CLASSES = {
+    cls.__name__: cls for cls in (AutoencoderKL, AutoencoderKLTemporalDecoder, SpaceToDepthAutoencoder)
+}
+
+
+def load_vae(path: str, torch_dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """A pretrained VAE (its class read from its config) from a hub id or a local folder, taken
+    from the ``vae/`` subfolder when there is one; its own ``scaling_factor`` is kept."""
+    path = os.path.expanduser(str(path))
+    if _looks_local(path) and not os.path.isdir(path):
+        raise _missing(path, "the VAE (no such folder)")
+    error: Exception | None = None
+    subfolders = (
+        ["vae", None] if not _looks_local(path) or os.path.isdir(os.path.join(path, "vae")) else [None]
+    )
+    for subfolder in subfolders:
+        try:
+            config = AutoencoderKL.load_config(path, subfolder=subfolder)
+            cls = _VAE_CLASSES.get(config.get("_class_name"))
+            if cls is None:
+                raise ValueError(f"{config.get('_class_name')!r} is not a supported VAE class")
+            load = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+            return cls.from_pretrained(path, subfolder=subfolder, **load)
+        except (OSError, ValueError) as err:
+            error = err
+    raise _missing(path, "the VAE", error)
+
+
+def _make_vae(cfg: ModelConfig, pretrained: str | None = None):
+    if cfg.vae == "space_to_depth":
+        vae = SpaceToDepthAutoencoder(patch_size=cfg.vae_patch_size)
+        if vae.latent_channels != cfg.latent_channels:
+            raise ValueError(
+                f"config {cfg.name!r}: space_to_depth with patch {cfg.vae_patch_size} gives "
+                f"{vae.latent_channels} latent channels, not latent_channels={cfg.latent_channels}"
+            )
+        return vae
+    if pretrained:
+        vae = load_vae(pretrained)
+        if vae.config.latent_channels != cfg.latent_channels:
+            raise ValueError(
+                f"the VAE from {pretrained!r} has {vae.config.latent_channels} latent channels; "
+                f"config {cfg.name!r} expects {cfg.latent_channels}"
+            )
+        return vae
     if cfg.vae == "temporal":
-        return AutoencoderKLTemporalDecoder(latent_channels=cfg.latent_channels)
+        vae = AutoencoderKLTemporalDecoder(latent_channels=cfg.latent_channels)
+        vae.random_init = True
+        return vae
     n = len(cfg.vae_block_out_channels)
-    return AutoencoderKL(
+    vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * n,
@@ -163,6 +235,8 @@ def _make_vae(cfg: ModelConfig):
         latent_channels=cfg.latent_channels,
         norm_num_groups=cfg.vae_norm_num_groups,
     )
+    vae.random_init = True  # usable for shape tests and inference demos, never for training
+    return vae
 
 
 def _make_image_encoder(cfg: ModelConfig):
@@ -275,14 +349,32 @@ def load_pretrained_svd(
     if refiner_pretrained is None:
         refinernet = RefinerNet.from_denoiser(denoiser, til_weight=til_weight, til_frames=til_frames)
     else:
-        try:
-            refinernet = RefinerNet.from_pretrained(refiner_pretrained, subfolder="unet", **load)
-        except (OSError, ValueError) as err:
-            raise _missing(refiner_pretrained, "the Stable Diffusion U-Net for RefinerNet", err) from err
-        refinernet.set_til(til_weight, til_frames)
+        refinernet = load_refinernet(refiner_pretrained, til_weight, til_frames, torch_dtype)
     return SpatialDreamerPipeline(
         vae=vae, unet=denoiser, refinernet=refinernet, scheduler=scheduler, image_encoder=image_encoder
     )
+
+
+def load_refinernet(
+    path: str, til_weight: float, til_frames: int, torch_dtype: torch.dtype | None = None
+) -> RefinerNet:
+    """RefinerNet from a Stable Diffusion (2.1) U-Net: a hub id or folder with ``unet/``, or the
+    U-Net folder itself."""
+    path = os.path.expanduser(str(path))
+    if _looks_local(path) and not os.path.isdir(path):
+        raise _missing(path, "the Stable Diffusion U-Net for RefinerNet (no such folder)")
+    subfolder = "unet" if not _looks_local(path) or os.path.isdir(os.path.join(path, "unet")) else None
+    load = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # "UNet2DConditionModel config loaded into RefinerNet"
+    try:
+        refinernet = RefinerNet.from_pretrained(path, subfolder=subfolder, **load)
+    except (OSError, ValueError) as err:
+        raise _missing(path, "the Stable Diffusion U-Net for RefinerNet", err) from err
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
+    refinernet.set_til(til_weight, til_frames)
+    return refinernet
 
 
 def _index_class(index: str) -> str | None:
@@ -295,6 +387,7 @@ def build_pipeline(
     *,
     pretrained: str | None = None,
     refiner_pretrained: str | None = None,
+    vae_pretrained: str | None = None,
     torch_dtype: torch.dtype | None = None,
     device: str | torch.device | None = None,
     seed: int = 0,
@@ -306,16 +399,21 @@ def build_pipeline(
         pretrained: ``None`` → random initialisation (seeded by ``seed``); a folder written by
             ``SpatialDreamerPipeline.save_pretrained`` → loaded as is; otherwise an SVD hub id or
             local folder → :func:`load_pretrained_svd` (the config then supplies TIL settings).
-        refiner_pretrained: optional Stable Diffusion weights for RefinerNet (with ``pretrained``).
+        refiner_pretrained: Stable Diffusion U-Net weights for RefinerNet (default: the config's
+            ``refiner_pretrained``; ``None`` there too → copied from the denoiser or random).
+        vae_pretrained: VAE weights for a randomly initialised pipeline (default: the config's
+            ``vae_pretrained``). Without any, a ``kl``/``temporal`` VAE is random: fine for shape
+            tests, refused by training.
         torch_dtype: e.g. ``torch.float16`` / ``torch.bfloat16`` for GPU inference.
         device: where to put the pipeline.
 
     Example:
         >>> pipe = build_pipeline("tiny")
-        >>> type(pipe).__name__, pipe.unet.config.in_channels
-        ('SpatialDreamerPipeline', 9)
+        >>> type(pipe).__name__, pipe.unet.config.in_channels, type(pipe.vae).__name__
+        ('SpatialDreamerPipeline', 97, 'SpaceToDepthAutoencoder')
     """
     cfg = get_config(config)
+    refiner_pretrained = refiner_pretrained or cfg.refiner_pretrained
     if pretrained is not None:
         path = os.path.expanduser(str(pretrained))
         index = os.path.join(path, "model_index.json")
@@ -335,10 +433,13 @@ def build_pipeline(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             denoiser = SpatialDreamerDenoiser(**_denoiser_kwargs(cfg))
-            refinernet = RefinerNet.from_denoiser(
-                denoiser, til_weight=cfg.til_weight, til_frames=cfg.til_frames, copy_weights=False
-            )
-            vae = _make_vae(cfg)
+            if refiner_pretrained:
+                refinernet = load_refinernet(refiner_pretrained, cfg.til_weight, cfg.til_frames)
+            else:
+                refinernet = RefinerNet.from_denoiser(
+                    denoiser, til_weight=cfg.til_weight, til_frames=cfg.til_frames, copy_weights=False
+                )
+            vae = _make_vae(cfg, vae_pretrained or cfg.vae_pretrained)
             image_encoder = _make_image_encoder(cfg) if cfg.image_encoder else None
         for model in (denoiser, refinernet, vae, image_encoder):
             if model is not None:

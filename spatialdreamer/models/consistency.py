@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["stereo_aware_loss", "stereo_deviation_strength"]
+__all__ = ["stereo_aware_loss", "stereo_deviation_strength", "visible_deviation_strength"]
 
 
 def _check_pair(a: torch.Tensor, b: torch.Tensor, names: tuple[str, str]) -> None:
@@ -44,6 +44,38 @@ def stereo_deviation_strength(z0: torch.Tensor, z_ref: torch.Tensor, *, reduce: 
     if not reduce:
         return dev
     return dev.flatten(1).float().mean(dim=1)
+
+
+def visible_deviation_strength(z_view: torch.Tensor, z_ref: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The deviation strength the denoiser is conditioned on: s measured where the view is known.
+
+    The ground truth ``z₀`` exists only in training, so conditioning on ``s(z₀)`` would leave
+    inference to guess it. Training and sampling both condition on this instead: the mean of
+    ``|z_view − z_ref|`` over the latent cells that are not holes, from the rendered view's
+    latents (warp-back view in training, forward-warped view at inference).
+
+    Args:
+        z_view: rendered-view latents ``[B, T, C, h, w]``.
+        z_ref: reference latents, same shape.
+        mask: hole mask in latent space ``[B, T, 1, h, w]`` (1 = hole).
+
+    Returns:
+        ``[B]`` float32, ≥ 0 (0 for a view that is all holes).
+
+    Example:
+        >>> z = torch.zeros(1, 1, 2, 2, 2); v = z + 1; v[..., 0, 0] = 9
+        >>> m = torch.zeros(1, 1, 1, 2, 2); m[..., 0, 0] = 1
+        >>> visible_deviation_strength(v, z, m)
+        tensor([1.])
+    """
+    _check_pair(z_view, z_ref, ("z_view", "z_ref"))
+    if mask.shape != (*z_view.shape[:-3], 1, *z_view.shape[-2:]):
+        raise ValueError(
+            f"mask must be [B, T, 1, h, w] matching {tuple(z_view.shape)}, got {tuple(mask.shape)}"
+        )
+    keep = (1.0 - mask.float()).expand_as(z_view)
+    total = ((z_view - z_ref).abs().float() * keep).flatten(1).sum(dim=1)
+    return total / keep.flatten(1).sum(dim=1).clamp(min=1.0)
 
 
 def stereo_aware_loss(

@@ -16,8 +16,13 @@ SVD repeats it over frames.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
+import torch.utils.checkpoint
 from diffusers.configuration_utils import register_to_config
+from diffusers.models.attention import TemporalBasicTransformerBlock
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_spatio_temporal_condition import (
@@ -95,6 +100,22 @@ class SpatialDreamerDenoiser(UNetSpatioTemporalConditionModel):
         torch.nn.init.zeros_(self.deviation_embedding.linear_2.weight)
         torch.nn.init.zeros_(self.deviation_embedding.linear_2.bias)
 
+    def enable_gradient_checkpointing(self, gradient_checkpointing_func: Callable | None = None) -> None:
+        """diffusers' checkpointing plus SVD's temporal transformer blocks, which diffusers runs
+        unchecked and which then hold most of what a checkpointed step keeps (at ``full``
+        scale ~36 of ~49 GiB; ``benchmarks/train_memory.py``)."""
+        super().enable_gradient_checkpointing(gradient_checkpointing_func)
+        for module in self.modules():
+            if isinstance(module, TemporalBasicTransformerBlock) and "_unchecked_forward" not in vars(module):
+                module._unchecked_forward = module.forward
+                module.forward = functools.partial(_checkpointed_forward, module)
+
+    def disable_gradient_checkpointing(self) -> None:
+        super().disable_gradient_checkpointing()
+        for module in self.modules():
+            if "_unchecked_forward" in vars(module):
+                module.forward = vars(module).pop("_unchecked_forward")
+
     def embed_deviation(self, deviation_strength: torch.Tensor, batch_size: int) -> torch.Tensor:
         """``[B]`` (or scalar) deviation strengths → ``[B, 4·block_out_channels[0]]`` embedding."""
         s = torch.as_tensor(deviation_strength, device=self.device, dtype=torch.float32).reshape(-1)
@@ -138,3 +159,11 @@ class SpatialDreamerDenoiser(UNetSpatioTemporalConditionModel):
             )
         finally:
             handle.remove()
+
+
+def _checkpointed_forward(module: torch.nn.Module, *args, **kwargs):
+    if torch.is_grad_enabled() and module.training:
+        return torch.utils.checkpoint.checkpoint(
+            module._unchecked_forward, *args, use_reentrant=False, **kwargs
+        )
+    return module._unchecked_forward(*args, **kwargs)

@@ -26,7 +26,7 @@ from spatialdreamer.models.conditioning import (
     predict_velocity,
     unwrap,
 )
-from spatialdreamer.models.consistency import stereo_aware_loss, stereo_deviation_strength
+from spatialdreamer.models.consistency import stereo_aware_loss, visible_deviation_strength
 
 __all__ = ["BATCH_KEYS", "sample_noise_level", "training_losses"]
 
@@ -70,6 +70,7 @@ def training_losses(
     encoder_hidden_states: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     reduce_strength: bool = True,
+    hole_loss_weight: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """Losses for one batch.
 
@@ -85,6 +86,10 @@ def training_losses(
             pipeline uses without an image encoder).
         generator: seeds noise and noise levels (CPU generator).
         reduce_strength: see :func:`stereo_aware_loss`.
+        hole_loss_weight: weight of the latent cells that cover a hole in the diffusion loss
+            (1 = the paper's plain mean). Sampling keeps the pixels outside the holes, so only
+            the holes reach the output; where holes are a few percent of the frame a weight
+            above 1 spends more of the gradient on them.
 
     Note:
         RefinerNet's layers after its last recorded self-attention (the tail of its last up
@@ -93,10 +98,12 @@ def training_losses(
 
     Returns:
         dict of scalar tensors: ``loss`` (to backpropagate), ``diffusion_loss``, ``stereo_loss``
-        and ``deviation_strength`` (mean s of the targets, detached, for logging).
+        and ``deviation_strength`` (mean conditioning s, detached, for logging).
     """
     if not math.isfinite(float(stereo_loss_weight)) or stereo_loss_weight < 0:
         raise ValueError(f"stereo_loss_weight must be a finite value >= 0, got {stereo_loss_weight}")
+    if not math.isfinite(float(hole_loss_weight)) or hole_loss_weight < 1:
+        raise ValueError(f"hole_loss_weight must be a finite value >= 1, got {hole_loss_weight}")
     missing = [k for k in BATCH_KEYS if k not in batch]
     if missing:
         raise KeyError(f"batch lacks {missing}; expected keys {BATCH_KEYS}")
@@ -118,6 +125,7 @@ def training_losses(
     model = unwrap(unet)
     device, dtype = model.device, model.dtype
     bsz, frames = target.shape[:2]
+    rendered = rendered.masked_fill(mask.bool(), 0.0)  # holes are black, as the pipeline makes them
     z0, z_render, z_ref = (
         _latents(vae, x).to(device=device, dtype=torch.float32) for x in (target, rendered, reference)
     )
@@ -130,7 +138,7 @@ def training_losses(
     noisy = a * z0 + b * noise
     v_target = a * noise - b * z0
 
-    strength = stereo_deviation_strength(z0, z_ref)
+    strength = visible_deviation_strength(z_render, z_ref, z_mask)  # as the pipeline computes it
     if encoder_hidden_states is None:
         encoder_hidden_states = torch.zeros(bsz, 1, model.config.cross_attention_dim, device=device)
     v_pred = predict_velocity(
@@ -146,7 +154,11 @@ def training_losses(
         deviation_strength=strength,
     ).float()
 
-    diffusion = F.mse_loss(v_pred, v_target)
+    if hole_loss_weight == 1:
+        diffusion = F.mse_loss(v_pred, v_target)
+    else:  # a weighted mean: the loss keeps its scale whatever the hole ratio
+        weight = (1.0 + (hole_loss_weight - 1.0) * z_mask.to(v_pred)).expand_as(v_pred)
+        diffusion = (weight * (v_pred - v_target).square()).sum() / weight.sum()
     z0_hat = a * noisy - b * v_pred
     stereo = stereo_aware_loss(z0, z0_hat, z_ref, reduce_strength=reduce_strength)
     return {

@@ -20,6 +20,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from spatialdreamer.models.attention_processors import attach_reference_fusion
+from spatialdreamer.models.autoencoder import vae_downscale
 from spatialdreamer.models.conditioning import (
     added_time_ids,
     decode_latents,
@@ -28,7 +29,7 @@ from spatialdreamer.models.conditioning import (
     mask_to_latent,
     predict_velocity,
 )
-from spatialdreamer.models.consistency import stereo_deviation_strength
+from spatialdreamer.models.consistency import visible_deviation_strength
 from spatialdreamer.models.tiling import blend_chunks, plan_chunks
 
 __all__ = ["SpatialDreamerPipeline", "SpatialDreamerPipelineOutput", "encode_condition_embeddings"]
@@ -103,7 +104,7 @@ class SpatialDreamerPipeline(DiffusionPipeline):
             vae=vae, unet=unet, refinernet=refinernet, scheduler=scheduler, image_encoder=image_encoder
         )
         attach_reference_fusion(unet, refinernet)
-        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.vae_scale_factor = vae_downscale(vae)
 
     @torch.no_grad()
     def __call__(
@@ -132,14 +133,16 @@ class SpatialDreamerPipeline(DiffusionPipeline):
             rendered: ``[T, 3, H, W]`` or ``[B, T, 3, H, W]`` in [0, 1], the view to refine (holes
                 may hold anything; they are masked).
             masks: ``[T, 1, H, W]`` / ``[B, T, 1, H, W]``, bool or float, True/1 = hole.
-            reference: the source-view frames, same shape as ``rendered``.
+            reference: the source-view frames, same shape as ``rendered``; complete frames (see
+                :func:`~spatialdreamer.models.reference.reference_view`).
             num_inference_steps: denoising steps.
             window_size: frames per temporal window (default: the denoiser's ``num_frames``).
             window_overlap: frames shared by neighbouring windows (default ``window_size // 4``).
             tile_size: latent tile side for large frames (default: no tiling).
             tile_overlap: latent pixels shared by neighbouring tiles.
-            deviation_strength: stereo deviation strength s; ``None`` estimates it from the
-                rendered and reference latents of the whole video.
+            deviation_strength: stereo deviation strength s; ``None`` measures it on the whole
+                video's visible latent cells, exactly as training does
+                (:func:`~spatialdreamer.models.consistency.visible_deviation_strength`).
             composite: keep the rendered pixels outside the holes (only holes are generated).
             generator: seeds the initial noise (and stochastic schedulers).
             output_type: ``"pt"`` (torch float32) or ``"np"`` (numpy float32).
@@ -174,6 +177,7 @@ class SpatialDreamerPipeline(DiffusionPipeline):
             return F.pad(x, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else x
 
         rendered_px, masks_px, reference_px = prep(rendered), prep(masks), prep(reference)
+        rendered_px = rendered_px.masked_fill(masks_px > 0.5, 0.0)  # holes are black, as in training
 
         # 1. conditions
         unet_cfg = self.unet.config
@@ -197,7 +201,7 @@ class SpatialDreamerPipeline(DiffusionPipeline):
             dtype=dtype,
         )
         if deviation_strength is None:
-            deviation = stereo_deviation_strength(z_render, z_ref)
+            deviation = visible_deviation_strength(z_render, z_ref, z_mask)
         else:
             deviation = torch.as_tensor(deviation_strength, dtype=torch.float32).reshape(-1)
             if deviation.numel() not in (1, batch):
@@ -257,5 +261,6 @@ class SpatialDreamerPipeline(DiffusionPipeline):
         out = out[..., :height, :width].unflatten(0, (batch, frames))
         if not batched:
             out = out[0]
+        self.refinernet.bank.clear()
         self.maybe_free_model_hooks()
         return SpatialDreamerPipelineOutput(frames=out.cpu().numpy() if output_type == "np" else out)

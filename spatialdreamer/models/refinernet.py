@@ -24,7 +24,7 @@ from spatialdreamer.models.attention_processors import ReferenceBank, RefinerAtt
 # (ModelMixin, ...) up in the module named in model_index.json, i.e. this one.
 _LOADABLE_BASES = (ModelMixin,)
 
-__all__ = ["RefinerNet"]
+__all__ = ["RefinerNet", "is_temporal_parameter"]
 
 _BLOCK_2D = {
     "CrossAttnDownBlockSpatioTemporal": "CrossAttnDownBlock2D",
@@ -179,11 +179,9 @@ class RefinerNet(UNet2DConditionModel):
                 f"sample must be [B*F, C, h, w] with B*F a multiple of num_frames={num_frames}, "
                 f"got {tuple(sample.shape)}"
             )
+        # Left set after the call: checkpointed blocks recompute TIL during backward.
         self.bank.num_frames = int(num_frames)
-        try:
-            return super().forward(sample, timestep, encoder_hidden_states, return_dict=return_dict, **kwargs)
-        finally:
-            self.bank.num_frames = 1
+        return super().forward(sample, timestep, encoder_hidden_states, return_dict=return_dict, **kwargs)
 
 
 def _differs(value, default) -> bool:
@@ -195,6 +193,11 @@ def _differs(value, default) -> bool:
 _TEMPORAL = re.compile(
     r"(temporal_res_block|time_mixer|temporal_transformer_blocks|time_pos_embed|time_proj)"
 )
+
+
+def is_temporal_parameter(name: str) -> bool:
+    """Whether a spatio-temporal U-Net parameter belongs to a temporal layer."""
+    return bool(_TEMPORAL.search(name))
 
 
 def spatial_state_dict(

@@ -4,8 +4,12 @@ Layout of a checkpoint folder (itself loadable with ``SpatialDreamerPipeline.fro
 
     model_index.json, unet/, refinernet/, vae/, scheduler/[, image_encoder/]   save_pretrained
     training_state/optimizer.safetensors   optimizer tensors, keyed "<parameter name>/<slot>"
-    training_state/state.json              step, settings, param groups, scalar optimizer state,
-                                           grad-scaler state, metrics
+    training_state/ema.safetensors         EMA weights, keyed by parameter name (when EMA is on)
+    training_state/state.json              step, settings, param groups, scalar optimizer and EMA
+                                           state, grad-scaler state, metrics
+
+The pipeline folders hold the raw weights (what resuming needs); :func:`export_pipeline` writes
+a pipeline with the EMA weights for inference.
 
 The optimizer state is keyed by parameter *name*, not position, so a checkpoint refuses to load
 into a model whose trainable parameters differ instead of silently mixing up moments.
@@ -15,12 +19,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 
 import torch
 from safetensors.torch import load_file, save_file
 
 __all__ = [
+    "EMA_FILE",
     "STATE_DIR",
+    "export_pipeline",
+    "load_ema_state",
+    "load_unet_weights",
+    "restore_latent_scale",
+    "save_ema_state",
     "load_optimizer_state",
     "optimizer_state_to_safe",
     "read_training_state",
@@ -28,6 +40,8 @@ __all__ = [
 ]
 
 STATE_DIR = "training_state"
+EMA_FILE = "ema.safetensors"
+_TRAINED = ("unet", "refinernet")  # pipeline components whose weights training changes
 _FORMAT = 1
 
 
@@ -106,3 +120,109 @@ def load_optimizer_state(folder: str, optimizer: torch.optim.Optimizer, names: l
         groups.append(group | {"params": [index[n] for n in g["params"]]})
     optimizer.load_state_dict({"state": slots, "param_groups": groups})
     return state
+
+
+def save_ema_state(folder: str, ema, names: list[str]) -> None:
+    """Write the EMA weights (keyed by parameter name) and merge its scalars into ``state.json``."""
+    if len(ema.shadow_params) != len(names):
+        raise ValueError(f"EMA holds {len(ema.shadow_params)} tensors but {len(names)} names were given")
+    tensors = {n: p.detach().cpu().contiguous() for n, p in zip(names, ema.shadow_params, strict=True)}
+    save_file(tensors, os.path.join(folder, EMA_FILE))
+    state = read_training_state(folder)
+    state["ema"] = {k: v for k, v in ema.state_dict().items() if k != "shadow_params"}
+    with open(os.path.join(folder, "state.json"), "w") as fh:
+        json.dump(state, fh, indent=1)
+
+
+def load_ema_state(folder: str, ema, names: list[str]) -> None:
+    """Restore EMA weights and counters saved by :func:`save_ema_state` (clear error if absent)."""
+    path = os.path.join(folder, EMA_FILE)
+    state = read_training_state(folder)
+    if not os.path.isfile(path) or "ema" not in state:
+        raise FileNotFoundError(f"checkpoint {folder} has no EMA weights; set ema_decay: 0 to resume without")
+    tensors = load_file(path)
+    missing = [n for n in names if n not in tensors]
+    if missing:
+        raise ValueError(f"EMA weights in {folder} lack parameters {missing[:3]}")
+    shadow = [
+        tensors[n].to(device=p.device, dtype=p.dtype) for n, p in zip(names, ema.shadow_params, strict=True)
+    ]
+    ema.load_state_dict(state["ema"] | {"shadow_params": shadow})
+
+
+def restore_latent_scale(vae: torch.nn.Module, folder: str) -> None:
+    """Take the VAE's latent ``scaling_factor``/``shift_factor`` (and calibration) from a
+    pipeline folder, so a resumed or continued run encodes exactly as the first did."""
+    path = os.path.join(folder, "vae", "config.json")
+    if not os.path.isfile(path):
+        return
+    with open(path) as fh:
+        saved = json.load(fh)
+    keep = {
+        k: saved[k]
+        for k in ("scaling_factor", "shift_factor", "calibrated")
+        if k in saved and k in vae.config
+    }
+    if keep:
+        vae.register_to_config(**keep)
+
+
+def _ema_weights(folder: str) -> dict[str, dict[str, torch.Tensor]]:
+    """EMA tensors of a checkpoint split per component: ``{"unet": {param: tensor}, ...}``."""
+    path = os.path.join(folder, STATE_DIR, EMA_FILE)
+    if not os.path.isfile(path):
+        return {}
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in load_file(path).items():
+        component, name = key.split(".", 1)
+        out.setdefault(component, {})[name] = value
+    return out
+
+
+def load_unet_weights(pipe, folder: str) -> None:
+    """Load the denoiser and RefinerNet weights of a checkpoint or pipeline ``folder`` into
+    ``pipe`` — the EMA weights where the checkpoint has them — with the VAE's latent scale."""
+    from spatialdreamer.models.denoiser import SpatialDreamerDenoiser
+    from spatialdreamer.models.refinernet import RefinerNet
+
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"no checkpoint or pipeline folder at {folder} to start from")
+    ema = _ema_weights(folder)
+    for name, cls in zip(_TRAINED, (SpatialDreamerDenoiser, RefinerNet), strict=True):
+        path = os.path.join(folder, name)
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"{folder} has no {name}/ folder (not a SpatialDreamer pipeline)")
+        state = cls.from_pretrained(path).state_dict() | ema.get(name, {})
+        getattr(pipe, name).load_state_dict(state, strict=True)
+    restore_latent_scale(pipe.vae, folder)
+
+
+def export_pipeline(checkpoint_dir: str, destination: str) -> str:
+    """Copy a checkpoint's pipeline without optimizer state to ``destination`` atomically, with
+    the EMA weights in place of the raw ones when the checkpoint has them."""
+    parent = os.path.dirname(os.path.abspath(destination))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".pipeline-", dir=parent)
+    try:
+        shutil.copytree(checkpoint_dir, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(STATE_DIR))
+        for component, weights in _ema_weights(checkpoint_dir).items():
+            folder = os.path.join(tmp, component)
+            files = [f for f in sorted(os.listdir(folder)) if f.endswith(".safetensors")]
+            if not files:
+                raise FileNotFoundError(f"{checkpoint_dir}/{component} has no safetensors weights")
+            left = dict(weights)
+            for file in files:  # diffusers may shard large models over several files
+                path = os.path.join(folder, file)
+                tensors = load_file(path)
+                for key in tensors.keys() & left.keys():
+                    tensors[key] = left.pop(key).to(tensors[key].dtype)
+                save_file(tensors, path, metadata={"format": "pt"})
+            if left:
+                raise ValueError(f"EMA weights {sorted(left)[:3]} have no place in {component}/")
+        if os.path.isdir(destination):
+            shutil.rmtree(destination)
+        os.replace(tmp, destination)
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp)
+    return destination

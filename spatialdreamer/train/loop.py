@@ -9,6 +9,13 @@ seen from the loss, those parameters are simply unused (``find_unused_parameters
 
 Everything random is derived from ``(seed, step, rank)``, so a run resumed from a checkpoint
 continues exactly as the uninterrupted run would have.
+
+Training follows the paper in two stages (``TrainConfig.stage``): ``frames`` trains on single
+frames with the denoiser's temporal layers frozen, then ``video`` trains every layer on
+windows, starting from the frames stage's (EMA) weights (``init_from``). An exponential moving
+average of the trained weights (diffusers ``EMAModel``) is kept, checkpointed, resumed and
+exported. The latent space must reconstruct: a randomly initialised VAE is refused, and the
+lossless space-to-depth autoencoder of the small configs is calibrated on the corpus first.
 """
 
 from __future__ import annotations
@@ -23,18 +30,36 @@ from collections.abc import Callable, Iterator
 
 import torch
 import torch.distributed as dist
+from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader, Sampler
 
 from spatialdreamer.data.dataset import SAMPLE_KEYS, StereoClipDataset
+from spatialdreamer.models.autoencoder import SpaceToDepthAutoencoder, calibrate_latent_scale
 from spatialdreamer.models.configs import build_pipeline
 from spatialdreamer.models.denoiser import SpatialDreamerDenoiser
 from spatialdreamer.models.losses import training_losses
 from spatialdreamer.models.pipeline import SpatialDreamerPipeline, encode_condition_embeddings
-from spatialdreamer.models.refinernet import RefinerNet
-from spatialdreamer.train.checkpoint import STATE_DIR, load_optimizer_state, save_optimizer_state
+from spatialdreamer.models.refinernet import RefinerNet, is_temporal_parameter
+from spatialdreamer.train.checkpoint import (
+    STATE_DIR,
+    load_ema_state,
+    load_optimizer_state,
+    load_unet_weights,
+    restore_latent_scale,
+    save_ema_state,
+    save_optimizer_state,
+)
 from spatialdreamer.train.config import TrainConfig
 
-__all__ = ["LossModule", "StepBatchSampler", "Trainer", "learning_rate_at", "make_loader", "run_worker"]
+__all__ = [
+    "LossModule",
+    "StepBatchSampler",
+    "Trainer",
+    "calibration_frames",
+    "learning_rate_at",
+    "make_loader",
+    "run_worker",
+]
 
 log = logging.getLogger("spatialdreamer.train")
 
@@ -178,10 +203,15 @@ def _amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
 
 
 class Trainer:
-    """One worker's model, optimizer and step counter.
+    """One worker's model, optimizer, EMA and step counter.
 
-    Trainable: the denoiser and RefinerNet (fp32 master weights, AdamW). Frozen: the VAE and the
-    image encoder. On CUDA the forward runs under autocast (bf16, or fp16 with a grad scaler).
+    Trainable: the denoiser and RefinerNet (fp32 master weights, AdamW), except the denoiser's
+    temporal layers in the ``frames`` stage. Frozen: the VAE and the image encoder. On CUDA the
+    forward runs under autocast (bf16, or fp16 with a grad scaler).
+
+    ``calibration_frames`` (``[N, 3, H, W]`` in [0, 1], a sample of the corpus, or a function
+    that reads one) calibrates an uncalibrated space-to-depth latent space; :func:`run_worker`
+    passes them.
     """
 
     def __init__(
@@ -192,16 +222,33 @@ class Trainer:
         rank: int = 0,
         world_size: int = 1,
         pipeline: SpatialDreamerPipeline | None = None,
+        calibration_frames: torch.Tensor | Callable[[], torch.Tensor] | None = None,
     ) -> None:
         self.config, self.rank, self.world_size = config, rank, world_size
         self.device = torch.device(device)
-        pipe = pipeline or build_pipeline(config.model, pretrained=config.pretrained, seed=config.seed)
+        pipe = pipeline or build_pipeline(
+            config.model,
+            pretrained=config.pretrained,
+            refiner_pretrained=config.refiner_pretrained,
+            vae_pretrained=config.vae_pretrained,
+            seed=config.seed,
+        )
+        if config.init_from:  # weights and latent scale of an earlier stage
+            load_unet_weights(pipe, config.init_from)
+        _check_latent_space(pipe.vae, calibration_frames)
         pipe.to(self.device)
         for frozen in (pipe.vae, pipe.image_encoder):
             if frozen is not None:
                 frozen.requires_grad_(False).eval()
         pipe.unet.train()
         pipe.refinernet.train()
+        if config.stage == "frames":  # single frames: the temporal layers have nothing to learn
+            for name, param in pipe.unet.named_parameters():
+                if is_temporal_parameter(name):
+                    param.requires_grad_(False)
+        if config.gradient_checkpointing:
+            pipe.unet.enable_gradient_checkpointing()
+            pipe.refinernet.enable_gradient_checkpointing()
         self.pipe = pipe
         self.module = LossModule(pipe, config.lambda_d)
         named = [(n, p) for n, p in self.module.named_parameters() if p.requires_grad]
@@ -214,16 +261,16 @@ class Trainer:
             eps=config.adam_eps,
             weight_decay=config.weight_decay,
         )
+        self.ema = (
+            EMAModel(self.params, decay=config.ema_decay, use_ema_warmup=True, power=2 / 3)
+            if config.ema_decay > 0
+            else None
+        )
         self.amp_dtype = _amp_dtype(config.mixed_precision, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.model: torch.nn.Module = self.module
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
-            device_ids = [self.device] if self.device.type == "cuda" else None
-            self.model = DistributedDataParallel(
-                self.module, device_ids=device_ids, find_unused_parameters=True
-            )
+            self.model = _wrap_distributed(self.module, config, self.device)
         self.step = 0
         self.skipped_steps = 0
 
@@ -253,11 +300,14 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
         if torch.isfinite(grad_norm):
             self.scaler.step(self.optimizer)
+            if self.ema is not None:
+                self.ema.step(self.params)
         else:
             self.skipped_steps += 1
             log.warning("step %d: non-finite gradient norm, update skipped", self.step)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        self.pipe.refinernet.bank.clear()  # kept through backward for checkpoint recomputation
         self.step += 1
         out = {k: float(v.detach()) for k, v in losses.items()}
         return out | {"lr": lr, "grad_norm": float(grad_norm)}
@@ -276,6 +326,8 @@ class Trainer:
             "metrics": metrics or {},
         }
         save_optimizer_state(os.path.join(folder, STATE_DIR), self.optimizer, self.param_names, extra)
+        if self.ema is not None:
+            save_ema_state(os.path.join(folder, STATE_DIR), self.ema, self.param_names)
         return folder
 
     def load_checkpoint(self, folder: str) -> dict:
@@ -286,7 +338,10 @@ class Trainer:
                 raise FileNotFoundError(f"checkpoint {folder} has no {name}/ folder")
             loaded = cls.from_pretrained(path).state_dict()
             getattr(self.pipe, name).load_state_dict(loaded, strict=True)
+        restore_latent_scale(self.pipe.vae, folder)
         state = load_optimizer_state(os.path.join(folder, STATE_DIR), self.optimizer, self.param_names)
+        if self.ema is not None:
+            load_ema_state(os.path.join(folder, STATE_DIR), self.ema, self.param_names)
         if self.scaler.is_enabled() and state.get("grad_scaler"):
             scaler = state["grad_scaler"]
             scaler["_growth_tracker"] = int(scaler.get("_growth_tracker", 0))
@@ -294,6 +349,48 @@ class Trainer:
         self.step = int(state["step"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
         return state
+
+
+def _check_latent_space(
+    vae: torch.nn.Module, calibration: torch.Tensor | Callable[[], torch.Tensor] | None
+) -> None:
+    """Refuse a random VAE; calibrate a lossless one that has not been calibrated yet."""
+    if getattr(vae, "random_init", False):
+        raise ValueError(
+            f"the model's VAE ({type(vae).__name__}) is randomly initialised and would stay frozen: "
+            "nothing can be learned through it. Set train.vae_pretrained (or model config "
+            "vae_pretrained) to a pretrained VAE, a Hugging Face id or local folder, e.g. "
+            "stabilityai/stable-video-diffusion-img2vid or stabilityai/sd-vae-ft-mse"
+        )
+    if isinstance(vae, SpaceToDepthAutoencoder) and not vae.config.calibrated:
+        if calibration is None:
+            raise ValueError(
+                "the space-to-depth latent space is not calibrated yet: pass calibration_frames "
+                "(a sample of corpus frames) to Trainer, or start from a trained pipeline"
+            )
+        frames = calibration() if callable(calibration) else calibration
+        shift, scale = calibrate_latent_scale(vae, frames)
+        log.info("latent space calibrated on %d frames: shift %.4f, scale %.4f", len(frames), shift, scale)
+
+
+def calibration_frames(dataset: StereoClipDataset, count: int = 32) -> torch.Tensor:
+    """Target frames of up to ``count`` windows spread evenly over ``dataset`` (the same on every
+    rank and on every resume), ``[N, 3, H, W]``."""
+    picks = sorted(
+        {round(i * (len(dataset) - 1) / max(1, count - 1)) for i in range(min(count, len(dataset)))}
+    )
+    return torch.cat([dataset[i]["target"] for i in picks])
+
+
+def _wrap_distributed(module: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.nn.Module:
+    if config.parallel == "fsdp":
+        from spatialdreamer.train.parallel import shard_loss_module
+
+        return shard_loss_module(module, device=device)
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [device] if device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=True)
 
 
 def _mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
@@ -324,15 +421,27 @@ def run_worker(
     the end (rank 0 passes a folder it deletes after ``report`` returns, so ``report`` must copy
     or upload it). Returns the last metrics.
     """
-    trainer = Trainer(config, device=device, rank=rank, world_size=world_size, pipeline=pipeline)
+    dataset = StereoClipDataset(
+        corpus,
+        config.frames,
+        config.size,
+        query=config.query,
+        stride=config.frame_stride,
+        cache_clips=config.cache_clips,
+    )
+    trainer = Trainer(
+        config,
+        device=device,
+        rank=rank,
+        world_size=world_size,
+        pipeline=pipeline,
+        calibration_frames=lambda: calibration_frames(dataset),
+    )
     start = 0
     if resume_from:
         start = int(trainer.load_checkpoint(resume_from)["step"])
         if rank == 0:
             log.info("resumed from %s at step %d", resume_from, start)
-    dataset = StereoClipDataset(
-        corpus, config.frames, config.size, query=config.query, stride=config.frame_stride
-    )
     if rank == 0:
         log.info(
             "%d samples from %d clips; steps %d -> %d", len(dataset), len(dataset.rows), start, config.steps

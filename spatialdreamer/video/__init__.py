@@ -1,11 +1,13 @@
 """Video I/O: streaming decode (bounded memory), random access, encoding with audio, lossless."""
 
+from spatialdreamer.video.decode import DecodeStats
 from spatialdreamer.video.errors import VideoError
 from spatialdreamer.video.probe import VideoInfo, probe_video
 from spatialdreamer.video.reader import FrameChunk, read_frames, stream_frames
 from spatialdreamer.video.writer import VideoWriter, read_lossless, write_lossless
 
 __all__ = [
+    "DecodeStats",
     "FrameChunk",
     "VideoError",
     "VideoInfo",

@@ -1,4 +1,4 @@
-"""Probe a video once: size after rotation, frame rate, length, audio; and check it decodes."""
+"""Probe a video once: main stream, display size, frame rate, length, audio; check it decodes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from fractions import Fraction
 
 import av
 
+from spatialdreamer.video.decode import DecodeStats, decode_tolerant
 from spatialdreamer.video.errors import VideoError
+from spatialdreamer.video.streams import display_size, is_still_image, main_video_stream, tail_end_times
 
 __all__ = ["VideoInfo", "probe_video"]
 
@@ -17,8 +19,13 @@ __all__ = ["VideoInfo", "probe_video"]
 class VideoInfo:
     """What the rest of the pipeline needs to know about a source video.
 
-    ``width``/``height`` are the displayed size (after ``rotation``, degrees counter-clockwise).
-    ``frame_count`` comes from the container header when it has one, else duration x fps.
+    ``width``/``height`` are the displayed size: square pixels (an anamorphic picture is
+    stretched by its ``sample_aspect_ratio``) after ``rotation`` (degrees counter-clockwise);
+    ``coded_width``/``coded_height`` are the size as stored. Frame count and duration are the
+    main video stream's, not the container's (audio may outlast the video): ``frame_count``
+    comes from the stream header when it has one (``frame_count_exact``), else duration x fps.
+    ``stream_index`` is the main video stream (cover art and secondary streams are skipped).
+    ``is_image`` is true for a still image, whatever its file name says.
     """
 
     path: str
@@ -34,6 +41,16 @@ class VideoInfo:
     average_rate: Fraction | None
     time_base: Fraction | None
     start_time: float
+    coded_width: int = 0
+    coded_height: int = 0
+    sample_aspect_ratio: Fraction = Fraction(1)
+    stream_index: int = 0
+    frame_count_exact: bool = False
+    is_image: bool = False
+
+    @property
+    def anamorphic(self) -> bool:
+        return self.sample_aspect_ratio != 1
 
 
 def _check_file(path: str) -> None:
@@ -45,8 +62,13 @@ def _check_file(path: str) -> None:
         raise VideoError(path, "file is empty")
 
 
+# Packets that may fail before the first good frame (a recording joined mid-GOP, corrupt
+# first packets) before the probe calls a file undecodable.
+PROBE_MAX_BAD_PACKETS = 1000
+
+
 def probe_video(path: str | os.PathLike, decode_check: bool = True) -> VideoInfo:
-    """Read a video's metadata; with ``decode_check`` also decode its first frame.
+    """Read a video's metadata; with ``decode_check`` also decode its first good frame.
 
     Raises:
         VideoError: missing/empty file, not a video, no video stream, or no decodable frame.
@@ -58,55 +80,89 @@ def probe_video(path: str | os.PathLike, decode_check: bool = True) -> VideoInfo
     except av.error.EOFError as exc:
         raise VideoError(path, "has zero frames (the file ends before any video data)") from exc
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
-        raise VideoError(path, f"not a readable video ({type(exc).__name__}: {exc})") from exc
+        raise VideoError(path, f"not a readable video ({type(exc).__name__}: {_one_line(exc)})") from exc
     with container:
-        if not container.streams.video:
-            raise VideoError(path, "contains no video stream")
-        stream = container.streams.video[0]
+        stream, reason = main_video_stream(container)
+        if stream is None:
+            raise VideoError(path, reason)
+        image = is_still_image(container, stream)
         audio = container.streams.audio[0] if container.streams.audio else None
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         fps = float(rate) if rate else 0.0
-        if stream.duration is not None and stream.time_base is not None:
-            duration = float(stream.duration * stream.time_base)
-        elif container.duration is not None:
-            duration = container.duration / av.time_base
-        else:
-            duration = 0.0
-        frame_count = int(stream.frames or 0) or (round(duration * fps) if fps else 0)
-        start_time = (
-            float(stream.start_time * stream.time_base) if stream.start_time and stream.time_base else 0.0
-        )
+        time_base = stream.time_base
+        start_time = float(stream.start_time * time_base) if stream.start_time and time_base else 0.0
+        sar = stream.sample_aspect_ratio
+        sar = Fraction(sar) if sar and sar > 0 else Fraction(1)
         rotation = 0
-        width, height = stream.codec_context.width, stream.codec_context.height
+        coded_width, coded_height = stream.codec_context.width, stream.codec_context.height
         if decode_check:
             first = _first_frame(container, stream, path)
             rotation = int(first.rotation or 0) % 360
-            width, height = first.width, first.height
-        if rotation in (90, 270):
-            width, height = height, width
+            coded_width, coded_height = first.width, first.height
         if fps <= 0:
             raise VideoError(path, "has no usable frame rate")
+        width, height = display_size(coded_width, coded_height, sar)
+        if rotation in (90, 270):
+            width, height = height, width
+        exact = bool(stream.frames) and not image
+        if image:
+            frame_count, duration = 1, 1.0 / fps
+        else:
+            duration = _stream_duration(container, stream, start_time, fps)
+            frame_count = int(stream.frames) if exact else round(duration * fps)
+            duration = duration or (frame_count / fps)
         return VideoInfo(
             path=path,
             width=width,
             height=height,
             fps=fps,
             frame_count=frame_count,
-            duration=duration or (frame_count / fps),
+            duration=duration,
             rotation=rotation,
             codec=stream.codec_context.name,
             has_audio=audio is not None,
             audio_codec=audio.codec_context.name if audio is not None else None,
             average_rate=stream.average_rate,
-            time_base=stream.time_base,
+            time_base=time_base,
             start_time=start_time,
+            coded_width=coded_width,
+            coded_height=coded_height,
+            sample_aspect_ratio=sar,
+            stream_index=stream.index,
+            frame_count_exact=exact,
+            is_image=image,
         )
 
 
+def _stream_duration(container, stream, start_time: float, fps: float) -> float:
+    """The video stream's own duration: from its header; else from where its last packet
+    ends (Matroska keeps no per-stream duration, and the container's counts the audio too);
+    else, and for a file whose data stop well short of the length its header declares (cut
+    short), the container's declared length."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    declared = container.duration / av.time_base if container.duration is not None else None
+    video_end, data_end = tail_end_times(container, stream)
+    if declared and data_end is not None:
+        origin = container.start_time / av.time_base if container.start_time is not None else start_time
+        if data_end - origin < 0.9 * declared - 1.0 / fps:
+            return declared  # truncated: the reader reports the frames that are missing
+    if video_end is not None and video_end > start_time:
+        return video_end - start_time
+    return declared or 0.0
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
+
+
 def _first_frame(container, stream, path: str):
+    stats = DecodeStats()
     try:
-        for frame in container.decode(stream):
+        for frame in decode_tolerant(container, stream, stats, path, give_up_after=PROBE_MAX_BAD_PACKETS):
             return frame
     except av.error.FFmpegError as exc:
-        raise VideoError(path, f"video stream does not decode ({exc})") from exc
+        raise VideoError(path, f"video stream does not decode ({_one_line(exc)})") from exc
+    if stats.rejected:
+        raise VideoError(path, stats.undecodable())
     raise VideoError(path, "video stream has zero frames")

@@ -14,24 +14,28 @@ from dataclasses import dataclass
 import av
 import numpy as np
 import torch
+from av.stream import Discard
 
+from spatialdreamer.video.decode import DecodeStats, decode_tolerant
 from spatialdreamer.video.errors import VideoError
 from spatialdreamer.video.probe import VideoInfo, probe_video
 
-__all__ = ["FrameChunk", "read_frames", "stream_frames"]
+__all__ = ["DecodeStats", "FrameChunk", "read_frames", "stream_frames"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class FrameChunk:
-    """Consecutive frames: ``frames`` ``[T,3,H,W]`` uint8 RGB (upright), ``timestamps`` ``[T]``
-    float64 seconds from the stream's start (variable frame rate kept), ``start_index`` the
-    index of the first frame in the decoded sequence."""
+    """Consecutive frames: ``frames`` ``[T,3,H,W]`` uint8 RGB (upright, square pixels, every
+    frame at the first frame's size), ``timestamps`` ``[T]`` float64 seconds from the stream's
+    start (variable frame rate kept), ``start_index`` the index of the first frame in the
+    decoded sequence, ``dropped`` the undecodable frames skipped so far (cumulative)."""
 
     frames: torch.Tensor
     timestamps: torch.Tensor
     start_index: int
+    dropped: int = 0
 
     def __len__(self) -> int:
         return int(self.frames.shape[0])
@@ -43,16 +47,28 @@ def _upright(array: np.ndarray, rotation: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(array, k=k, axes=(-3, -2))) if k else array
 
 
-def _decord_upright(batch: np.ndarray, info: VideoInfo) -> np.ndarray:
-    """decord's FFmpeg build applies the display rotation itself; rotate only if it did not."""
+def _fit(batch: np.ndarray, info: VideoInfo) -> np.ndarray:
+    """``[T,H,W,3]`` frames from decord, scaled to the probed display size if they differ
+    (decord ignores the sample aspect ratio)."""
     if batch.shape[1:3] == (info.height, info.width):
         return batch
-    return _upright(batch, info.rotation)
+    tensor = torch.from_numpy(batch).permute(0, 3, 1, 2).float()
+    tensor = torch.nn.functional.interpolate(tensor, size=(info.height, info.width), mode="bilinear")
+    return tensor.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def _to_chunk(arrays: list[np.ndarray], stamps: list[float], start_index: int) -> FrameChunk:
+def _decord_upright(batch: np.ndarray, info: VideoInfo) -> np.ndarray:
+    """decord's FFmpeg build applies the display rotation itself; rotate only if it did not."""
+    if batch.shape[1:3] != (info.height, info.width):
+        batch = _upright(batch, info.rotation)
+    return _fit(batch, info)
+
+
+def _to_chunk(
+    arrays: list[np.ndarray], stamps: list[float], start_index: int, dropped: int = 0
+) -> FrameChunk:
     frames = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    return FrameChunk(frames, torch.tensor(stamps, dtype=torch.float64), start_index)
+    return FrameChunk(frames, torch.tensor(stamps, dtype=torch.float64), start_index, dropped)
 
 
 def stream_frames(
@@ -63,13 +79,21 @@ def stream_frames(
     info: VideoInfo | None = None,
     backend: str = "auto",
     check_complete: bool = True,
+    stats: DecodeStats | None = None,
 ) -> Iterator[FrameChunk]:
     """Decode ``[start, end)`` seconds of a video in chunks of ``chunk_size`` frames.
 
+    Frames come from the main video stream (``info.stream_index``), at the probed display size:
+    anamorphic pictures are stretched to square pixels, and frames after a mid-stream
+    resolution change are scaled to the first frame's size. Undecodable packets (corrupt
+    data, a recording joined mid-GOP) are skipped and counted in ``FrameChunk.dropped`` and
+    ``stats.dropped``.
+
     Args:
-        check_complete: raise :class:`VideoError` at the end if clearly fewer frames decoded
-            than the container promised (a truncated file), instead of ending quietly.
+        check_complete: raise :class:`VideoError` at the end if the frames clearly stop short
+            of the video stream's length (a truncated file), instead of ending quietly.
         backend: "auto" (PyAV, decord on failure), "pyav" or "decord".
+        stats: filled in as decoding goes (frames decoded, dropped, rescaled).
     """
     path = os.fspath(path)
     if chunk_size < 1:
@@ -77,56 +101,142 @@ def stream_frames(
     if start is not None and end is not None and end <= start:
         raise ValueError(f"end ({end}) must be after start ({start})")
     info = info or probe_video(path)
+    stats = stats if stats is not None else DecodeStats()
     if backend in ("auto", "pyav"):
         try:
-            yield from _stream_pyav(path, chunk_size, start, end, info, check_complete)
+            yield from _stream_pyav(path, chunk_size, start, end, info, check_complete, stats)
             return
         except VideoError:
             raise
         except av.error.FFmpegError as exc:
             if backend == "pyav" or not _has_decord():
-                raise VideoError(path, f"decoding failed ({exc})") from exc
+                raise VideoError(path, f"decoding failed ({_one_line(exc)})") from exc
             log.warning("PyAV failed on %s (%s); falling back to decord", path, exc)
     yield from _stream_decord(path, chunk_size, start, end, info)
 
 
-def _stream_pyav(path, chunk_size, start, end, info, check_complete) -> Iterator[FrameChunk]:
-    with av.open(path) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
+
+
+# Seconds to seek back before ``start`` when a seek lands after it (MPEG-TS has no index, so
+# FFmpeg's seek can land on a later keyframe); ``None``: decode from the beginning.
+_SEEK_BACKOFF = (0.0, 1.0, 5.0, 30.0, None)
+
+
+def _stream_pyav(path, chunk_size, start, end, info, check_complete, stats) -> Iterator[FrameChunk]:
+    for back in _SEEK_BACKOFF if start else (None,):
+        stats.reset()
+        state = _Decode(path, chunk_size, start, end, info, stats, seek_back=back)
+        yield from state.run()
+        if not state.retry:
+            break
+    if state.index == 0:
+        if stats.decoded == 0 and stats.rejected:
+            raise VideoError(path, stats.undecodable())
+        raise VideoError(path, "no frames in the requested range")
+    if stats.dropped:
+        log.warning("%s: %d undecodable frames dropped", path, stats.dropped)
+    if stats.rescaled:
+        log.warning(
+            "%s: %d frames scaled to %dx%d after a resolution change",
+            path,
+            stats.rescaled,
+            info.width,
+            info.height,
+        )
+    whole = start is None and end is None
+    if check_complete and whole and not info.is_image:
+        _check_complete(path, info, stats, state.last_ts)
+
+
+def _check_complete(path: str, info: VideoInfo, stats: DecodeStats, last_ts: float | None) -> None:
+    """Raise if the frames clearly stop short of what the video stream promised."""
+    if info.frame_count_exact:
+        if stats.decoded + stats.dropped < 0.9 * info.frame_count - 1:
+            raise VideoError(path, f"truncated: decoded {stats.decoded} of {info.frame_count} frames")
+        return
+    if last_ts is not None and info.duration and last_ts + 1.0 / info.fps < 0.9 * info.duration - 0.1:
+        raise VideoError(
+            path,
+            f"truncated: frames end at {last_ts:.2f} s of {info.duration:.2f} s"
+            + (f" ({stats.read_error})" if stats.read_error else ""),
+        )
+
+
+class _Decode:
+    """One decoding pass; ``retry`` is set when a seek landed after ``start`` before any frame
+    was handed out, so the caller tries again from further back."""
+
+    def __init__(self, path, chunk_size, start, end, info: VideoInfo, stats: DecodeStats, seek_back):
+        self.path, self.chunk_size, self.start, self.end = path, chunk_size, start, end
+        self.info, self.stats, self.seek_back = info, stats, seek_back
+        self.retry = False
+        self.index = 0
+        self.last_ts: float | None = None
+        # the output size before rotation: display size (square pixels) of the first frame
+        if info.rotation in (90, 270):
+            self.size = (info.height, info.width)
+        else:
+            self.size = (info.width, info.height)
+        self.coded = (info.coded_width, info.coded_height)
+
+    def _pixels(self, frame) -> np.ndarray:
+        size = (frame.width, frame.height)
+        if size == self.size:
+            array = frame.to_ndarray(format="rgb24")
+        else:
+            if self.coded != (0, 0) and size != self.coded:
+                self.stats.rescaled += 1
+            width, height = self.size
+            array = frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="BICUBIC")
+        return _upright(array, self.info.rotation)
+
+    def run(self) -> Iterator[FrameChunk]:
+        info, stats, start, end = self.info, self.stats, self.start, self.end
+        tolerance = 0.5 / info.fps
         t0 = info.start_time
-        if start:
-            container.seek(int((start + t0) / stream.time_base), stream=stream, backward=True)
-        arrays: list[np.ndarray] = []
-        stamps: list[float] = []
-        index = 0
-        decoded = 0
-        try:
-            for frame in container.decode(stream):
-                decoded += 1
-                ts = float(frame.pts * stream.time_base) - t0 if frame.pts is not None else index / info.fps
-                if start is not None and ts < start - 0.5 / info.fps:
+        with av.open(self.path) as container:
+            stream = container.streams.get(info.stream_index)[0]
+            stream.thread_type = "AUTO"
+            for other in container.streams:
+                if other is not stream:
+                    other.discard = Discard.all
+            if self.seek_back is not None:
+                target = max(start - self.seek_back, 0.0) + t0
+                container.seek(int(target / stream.time_base), stream=stream, backward=True)
+            arrays: list[np.ndarray] = []
+            stamps: list[float] = []
+            first = True
+            for frame in decode_tolerant(container, stream, stats, self.path):
+                ts = float(frame.pts * stream.time_base) - t0 if frame.pts is not None else None
+                if ts is None:
+                    ts = (
+                        (self.index + len(arrays)) / info.fps
+                        if start is None
+                        else start + len(arrays) / info.fps
+                    )
+                if first and self.seek_back is not None and ts > start + tolerance:
+                    self.retry = True  # the seek overshot: frames before this one were skipped
+                    return
+                first = False
+                if start is not None and ts < start - tolerance:
                     continue
-                if end is not None and ts >= end - 0.5 / info.fps:
+                if end is not None and ts >= end - tolerance:
                     break
-                arrays.append(_upright(frame.to_ndarray(format="rgb24"), info.rotation))
+                arrays.append(self._pixels(frame))
                 stamps.append(ts)
-                if len(arrays) == chunk_size:
-                    yield _to_chunk(arrays, stamps, index)
-                    index += len(arrays)
+                self.last_ts = ts
+                if len(arrays) == self.chunk_size:
+                    yield _to_chunk(arrays, stamps, self.index, stats.dropped)
+                    self.index += len(arrays)
                     arrays, stamps = [], []
-        except av.error.InvalidDataError as exc:
-            raise VideoError(
-                path, f"truncated or corrupt after {index + len(arrays)} frames ({exc})"
-            ) from exc
-        if arrays:
-            yield _to_chunk(arrays, stamps, index)
-            index += len(arrays)
-        if index == 0:
-            raise VideoError(path, "no frames in the requested range")
-        whole = start is None and end is None
-        if check_complete and whole and info.frame_count and decoded < 0.9 * info.frame_count - 1:
-            raise VideoError(path, f"truncated: decoded {decoded} of {info.frame_count} frames")
+            if first and self.seek_back is not None and start < info.duration:
+                self.retry = True  # nothing at all after the seek: try from further back
+                return
+            if arrays:
+                yield _to_chunk(arrays, stamps, self.index, stats.dropped)
+                self.index += len(arrays)
 
 
 def _has_decord() -> bool:
@@ -171,7 +281,10 @@ def read_frames(
         raise ValueError("indices is empty")
     if min(indices) < 0:
         raise ValueError(f"frame indices must be >= 0, got {min(indices)}")
-    if backend in ("auto", "decord") and _has_decord():
+    # decord reads the stream FFmpeg calls best and ignores the sample aspect ratio: PyAV
+    # decodes what streaming decodes whenever that may differ
+    plain = not info.anamorphic and not info.is_image
+    if _has_decord() and (backend == "decord" or (backend == "auto" and plain)):
         try:
             reader = _decord_reader(path)
             if max(indices) >= len(reader):

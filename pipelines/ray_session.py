@@ -1,0 +1,163 @@
+"""Start or join Ray for the jobs: one place that reads the address and sets token authentication.
+
+The corpus, training and evaluation jobs call :func:`connect` instead of ``ray.init``:
+
+- no address (and ``RAY_ADDRESS`` unset or ``local``): a new embedded Ray on this machine, with
+  token authentication on (Ray's own default for local clusters since 2.59, made explicit so
+  Ray does not warn about it); Ray writes a token to ``~/.ray/auth_token`` if there is none;
+- an address (``HEAD:6379``, or ``RAY_ADDRESS`` as set by ``ray job submit``): join that
+  cluster. A cluster started with ``RAY_AUTH_MODE=token`` accepts only callers that send its
+  token, and Ray sends one only when ``RAY_AUTH_MODE=token`` is set in the caller too. So when
+  ``RAY_AUTH_MODE`` is unset and a token is at hand (``RAY_AUTH_TOKEN``,
+  ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``), the job turns token mode on; a cluster
+  without authentication ignores the token.
+
+An explicit ``RAY_AUTH_MODE`` (``token`` or ``disabled``) is always respected.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+__all__ = ["ClusterConnectionError", "auth_mode", "connect", "resolve_address", "token_source"]
+
+log = logging.getLogger(__name__)
+
+LOCAL = "local"
+_HOST_PORT = re.compile(r"[\w.\-]+:\d+|\[[0-9a-fA-F:.]+\]:\d+")
+_TOKEN_HELP = (
+    "put the cluster's token (`ray get-auth-token` on the head) in RAY_AUTH_TOKEN, "
+    "in a file named by RAY_AUTH_TOKEN_PATH, or in ~/.ray/auth_token"
+)
+
+
+class ClusterConnectionError(RuntimeError):
+    """The job could not start or join Ray; the message is one line for the user."""
+
+
+def resolve_address(address: str | None = None) -> str | None:
+    """The cluster to join: ``address``, else ``RAY_ADDRESS``; ``None`` means a new embedded Ray.
+
+    ``"local"`` (or an empty value) asks for an embedded Ray even when ``RAY_ADDRESS`` is set.
+    """
+    value = (address if address is not None else os.environ.get("RAY_ADDRESS", "")).strip()
+    if value in ("", LOCAL):
+        return None
+    if value.startswith(("http://", "https://")):
+        raise ClusterConnectionError(
+            f"{value} is a dashboard (job submission) address: submit the job with "
+            f"`ray job submit --address {value} --working-dir . -- python -m ...`, or set "
+            "RAY_ADDRESS to the head's GCS address (HEAD:6379) to run the driver here"
+        )
+    return value
+
+
+def token_source() -> str | None:
+    """Where Ray would read the authentication token from, or ``None`` when there is none.
+
+    Ray's order: ``RAY_AUTH_TOKEN``, then the file named by ``RAY_AUTH_TOKEN_PATH``, then
+    ``~/.ray/auth_token``.
+    """
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return "RAY_AUTH_TOKEN"
+    named = os.environ.get("RAY_AUTH_TOKEN_PATH", "").strip()
+    if named:  # Ray aborts on an unreadable or empty RAY_AUTH_TOKEN_PATH: say so first
+        try:
+            readable = bool(Path(named).expanduser().read_text().strip())
+        except OSError:
+            readable = False
+        if not readable:
+            raise ClusterConnectionError(f"RAY_AUTH_TOKEN_PATH={named} is not a readable, non-empty file")
+        return f"RAY_AUTH_TOKEN_PATH ({named})"
+    default = Path.home() / ".ray" / "auth_token"
+    try:
+        return str(default) if default.read_text().strip() else None
+    except OSError:
+        return None
+
+
+def auth_mode(cluster: bool) -> str:
+    """The ``RAY_AUTH_MODE`` a job runs with: the explicit setting, else ``token`` for an
+    embedded Ray, else ``token`` when joining a cluster with a token at hand."""
+    explicit = os.environ.get("RAY_AUTH_MODE", "").strip().lower()
+    if explicit:
+        return explicit
+    if not cluster or token_source():
+        return "token"
+    return "disabled"
+
+
+def _apply_auth_mode(mode: str) -> None:
+    """Set ``RAY_AUTH_MODE`` for this process and the processes it starts.
+
+    Ray reads the mode once into its process-wide config, so a change after ``import ray`` only
+    takes effect once that config is reloaded (as Ray's own ``ray start`` does).
+    """
+    from ray._raylet import AuthenticationMode, AuthenticationTokenLoader, Config, get_authentication_mode
+
+    wanted = AuthenticationMode.TOKEN if mode == "token" else AuthenticationMode.DISABLED
+    os.environ["RAY_AUTH_MODE"] = mode
+    if get_authentication_mode() != wanted:
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+
+
+def _auth_message(where: str, mode: str) -> str:
+    if mode != "token":
+        return f"{where} requires token authentication: set RAY_AUTH_MODE=token and {_TOKEN_HELP}"
+    return f"{where} rejected the authentication token: {_TOKEN_HELP}"
+
+
+def _probe(target: str, mode: str) -> None:
+    """Ask the cluster's GCS once before ``ray.init``: a missing or wrong token fails here at once,
+    and a head that does not answer within Ray's GCS timeout (40 s) too, whereas ``ray.init``
+    retries (about 20 s on a wrong token, minutes on a silent head) and then reports only that it
+    could not connect."""
+    if not _HOST_PORT.fullmatch(target):  # ray://, auto: leave them to ray.init
+        return
+    import ray
+    from ray._raylet import GcsClient
+
+    try:
+        GcsClient(address=target)
+    except ray.exceptions.AuthenticationError as exc:
+        raise ClusterConnectionError(_auth_message(f"the Ray cluster at {target}", mode)) from exc
+    except ray.exceptions.RpcError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ClusterConnectionError(f"could not reach the Ray cluster at {target}: {first}") from exc
+
+
+def connect(address: str | None = None, **init_kwargs: Any) -> ModuleType:
+    """Start or join Ray once per process; returns the ``ray`` module.
+
+    ``address`` overrides ``RAY_ADDRESS`` (``"local"`` = embedded); ``init_kwargs`` go to
+    ``ray.init``. Raises :class:`ClusterConnectionError` with a one-line message when the
+    cluster rejects the token or cannot be reached.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    target = resolve_address(address)
+    mode = auth_mode(cluster=target is not None)
+    _apply_auth_mode(mode)
+    if target is not None:
+        source = token_source() if mode == "token" else None
+        log.info("joining Ray at %s (auth %s%s)", target, mode, f", token from {source}" if source else "")
+        _probe(target, mode)
+    try:
+        ray.init(address=target, **init_kwargs)
+    except ray.exceptions.AuthenticationError as exc:
+        where = f"the Ray cluster at {target}" if target else "the local Ray"
+        raise ClusterConnectionError(_auth_message(where, mode)) from exc
+    except ConnectionError as exc:
+        if target is None:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ClusterConnectionError(f"could not join the Ray cluster at {target}: {first}") from exc
+    return ray
