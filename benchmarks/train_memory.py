@@ -7,8 +7,10 @@ Builds the denoiser and RefinerNet of a config on the meta device, gives them fa
 the config's frames and resolution under bf16 autocast. Activation memory is what autograd
 saves for backward, summed by ``torch.autograd.graph.saved_tensors_hooks`` over distinct
 storages, without and with gradient checkpointing. Weights, gradients, AdamW and EMA state
-follow from the parameter counts, for one GPU, 8 GPUs with DDP (replicated) and 8 GPUs with
-FSDP2 (:func:`spatialdreamer.train.parallel.shard_loss_module`).
+follow from the parameter counts, for one GPU, 8 GPUs with DDP (replicated, gradients in the
+all-reduce buckets) and 8 GPUs with FSDP2 (:func:`spatialdreamer.train.parallel.shard_loss_module`),
+each without and with checkpointing; the last lines say whether ``full`` fits one 80 GB GPU per
+replica under DDP and under FSDP.
 
     python benchmarks/train_memory.py [--configs full base] [--batch 1] [--gpus 8]
 
@@ -20,15 +22,17 @@ How each figure is obtained:
 * Saved tensors are deduplicated by storage; parameters are not activations. bf16 copies of
   the weights made by autocast (kept alive by its cache until the forward ends, then by the
   ops that saved them) are counted apart, as "bf16 weights".
-* Gradient checkpointing (``enable_gradient_checkpointing()``, diffusers' non-reentrant
-  ``torch.utils.checkpoint``): the outer hook sees only what is saved outside checkpointed
-  regions. Added to it: the regions' inputs that the checkpoints keep, and the largest region's
-  own saved tensors (what backward recomputes at once), measured per region by a hook run
-  inside each ``checkpoint`` call. diffusers does not checkpoint SVD's temporal transformer
-  blocks; the ``ckpt+temporal`` rows measure what checkpointing them too would give.
+* Gradient checkpointing (``enable_gradient_checkpointing()`` of both U-Nets, as the trainer
+  calls it: diffusers' non-reentrant ``torch.utils.checkpoint`` around resnets and spatial
+  transformer blocks, and the denoiser's own around SVD's temporal transformer blocks): the
+  outer hook sees only what is saved outside checkpointed regions. Added to it: the regions'
+  inputs that the checkpoints keep, and the largest region's own saved tensors (what backward
+  recomputes at once), measured per region by a hook run inside each ``checkpoint`` call.
 * The fake-tensor figures equal those of real CPU tensors (``tests/test_train_memory_benchmark.py``
   compares them on ``tiny``); what differs from a CUDA run is kernel choice, e.g. attention
   saves what a flash-attention kernel saves (q, k, v, output, log-sum-exp), not the matrix.
+* DDP is built as the trainer builds it, with ``gradient_as_bucket_view=True``: gradients are
+  views into the all-reduce buckets, so there is no second gradient-sized copy.
 * Not measured (covered by the overhead allowance): backward's transient gradient buffers,
   the frozen VAE/image-encoder forward before the U-Nets (no grad, freed before they run),
   allocator fragmentation and kernel workspaces.
@@ -319,24 +323,12 @@ class Activations:
     features: int  # RefinerNet features held for fusion and not otherwise saved
     casts: int  # bf16 weight copies made by autocast
     by_owner: dict[str, int]
-    checkpointed: dict[str, Checkpointed]  # "ckpt" (diffusers), "ckpt+temporal"
+    checkpointed: Checkpointed  # with enable_gradient_checkpointing()
     seconds: float
 
     @property
     def plain(self) -> int:
         return self.refiner + self.denoiser + self.features
-
-
-def _checkpoint_temporal_blocks(model: torch.nn.Module) -> None:
-    """What-if: checkpoint SVD's temporal transformer blocks too (diffusers does not)."""
-    for module in model.modules():
-        if type(module).__name__ == "TemporalBasicTransformerBlock":
-            forward = module.forward
-
-            def checkpointed(*args, _forward=forward, **kwargs):
-                return torch.utils.checkpoint.checkpoint(_forward, *args, use_reentrant=False, **kwargs)
-
-            module.forward = checkpointed
 
 
 def latent_size(cfg: ModelConfig) -> tuple[int, int]:
@@ -345,10 +337,10 @@ def latent_size(cfg: ModelConfig) -> tuple[int, int]:
     return cfg.train_resolution[0] // factor, cfg.train_resolution[1] // factor
 
 
-def _forward(cfg: ModelConfig, batch: int, checkpointing: str, fake: bool = True) -> dict:
-    """One training forward on fake tensors; ``checkpointing`` is ``none``, ``diffusers`` or
-    ``temporal`` (diffusers' checkpointing plus the temporal transformer blocks). ``fake=False``
-    runs real CPU tensors instead (small configs only: it checks the fake-tensor accounting)."""
+def _forward(cfg: ModelConfig, batch: int, checkpointing: bool, fake: bool = True) -> dict:
+    """One training forward on fake tensors, with or without ``enable_gradient_checkpointing()``
+    on both U-Nets. ``fake=False`` runs real CPU tensors instead (small configs only: it checks
+    the fake-tensor accounting)."""
     mode = FakeTensorMode() if fake else contextlib.nullcontext()
     denoiser, refinernet = build_meta(cfg)
     for model in (denoiser, refinernet):
@@ -359,10 +351,8 @@ def _forward(cfg: ModelConfig, batch: int, checkpointing: str, fake: bool = True
             for p in model.parameters():
                 torch.nn.init.normal_(p.data, std=0.02)
         model.train()
-        if checkpointing != "none":
+        if checkpointing:
             model.enable_gradient_checkpointing()
-    if checkpointing == "temporal":
-        _checkpoint_temporal_blocks(denoiser)
     params = {_storage(p)[0] for m in (denoiser, refinernet) for p in m.parameters()}
     modules = _ModuleStack()
     saved = _Saved(skip=params, modules=modules)
@@ -410,27 +400,25 @@ def _forward(cfg: ModelConfig, batch: int, checkpointing: str, fake: bool = True
 
 def measure_activations(cfg: ModelConfig, batch: int = 1) -> Activations:
     start = time.perf_counter()
-    plain = _forward(cfg, batch, "none")
-    levels = {}
-    for label, level in (("ckpt", "diffusers"), ("ckpt+temporal", "temporal")):
-        run = _forward(cfg, batch, level)
-        if run["regions"] == 0:
-            raise RuntimeError("gradient checkpointing checkpointed nothing; cannot measure it")
-        levels[label] = Checkpointed(
-            outer=run["total"] + run["features"],
-            inputs=run["ckpt_inputs"],
-            largest=run["largest"],
-            largest_name=run["largest_name"],
-            regions=run["regions"],
-            by_owner=run["by_owner"],
-        )
+    plain = _forward(cfg, batch, False)
+    run = _forward(cfg, batch, True)
+    if run["regions"] == 0:
+        raise RuntimeError("gradient checkpointing checkpointed nothing; cannot measure it")
+    checkpointed = Checkpointed(
+        outer=run["total"] + run["features"],
+        inputs=run["ckpt_inputs"],
+        largest=run["largest"],
+        largest_name=run["largest_name"],
+        regions=run["regions"],
+        by_owner=run["by_owner"],
+    )
     return Activations(
         refiner=plain["refiner"],
         denoiser=plain["total"] - plain["refiner"],
         features=plain["features"],
         casts=plain["casts"],
         by_owner=plain["by_owner"],
-        checkpointed=levels,
+        checkpointed=checkpointed,
         seconds=time.perf_counter() - start,
     )
 
@@ -474,7 +462,9 @@ class Row:
         return sum(self.parts.values())
 
 
-COLUMNS = ("weights", "grads", "DDP bkt", "AdamW", "EMA", "frozen", "bf16 wts", "acts", "ovh")
+COLUMNS = ("weights", "grads", "AdamW", "EMA", "frozen", "bf16 wts", "acts", "ovh")
+LEVELS = ("no ckpt", "ckpt")
+SETUPS = ("1 GPU", "{gpus} GPUs DDP", "{gpus} GPUs FSDP")  # row labels: f"{setup}, {level}"
 
 
 def _top(by_owner: dict[str, int], k: int = 4) -> str:
@@ -496,29 +486,27 @@ def plan(cfg: ModelConfig, batch: int, gpus: int) -> tuple[list[str], list[Row]]
         f"parameters: denoiser {n_den / 1e6:,.1f} M, RefinerNet {n_ref / 1e6:,.1f} M, trainable "
         f"{n / 1e6:,.1f} M; frozen fp32: "
         + (", ".join(f"{k} {v / 1e6:,.1f} M" for k, v in frozen.items()) or "none counted"),
-        f"one fp32 copy of the trainable params {4 * n / GIB:.2f} GiB (master weights, gradients, EMA, "
-        f"DDP buckets each), AdamW state {8 * n / GIB:.2f} GiB",
+        f"one fp32 copy of the trainable params {4 * n / GIB:.2f} GiB (master weights, gradients, EMA "
+        f"each), AdamW state {8 * n / GIB:.2f} GiB",
         f"activations (measured in {acts.seconds:.1f} s), no ckpt: {acts.plain / GIB:.2f} GiB = RefinerNet "
         f"{acts.refiner / GIB:.2f} + denoiser & loss {acts.denoiser / GIB:.2f} + held RefinerNet features "
         f"{acts.features / GIB:.2f}; autocast's bf16 weight copies {acts.casts / GIB:.2f} GiB",
         f"  largest savers, GiB: {_top(acts.by_owner)}",
     ]
-    for label, c in acts.checkpointed.items():
-        lines += [
-            f"{label}: {c.total / GIB:.2f} GiB = saved outside {c.regions} checkpointed regions "
-            f"{c.outer / GIB:.2f} + inputs kept only by them {c.inputs / GIB:.2f} + largest region's "
-            f"recompute {c.largest / GIB:.2f} ({c.largest_name})",
-            f"  saved outside regions, GiB: {_top(c.by_owner)}",
-        ]
-    lines.append(
-        "ckpt = diffusers' enable_gradient_checkpointing() (resnets and spatial transformer blocks); "
-        "ckpt+temporal = also SVD's temporal transformer blocks"
-    )
+    c = acts.checkpointed
+    lines += [
+        f"ckpt: {c.total / GIB:.2f} GiB = saved outside {c.regions} checkpointed regions "
+        f"{c.outer / GIB:.2f} + inputs kept only by them {c.inputs / GIB:.2f} + largest region's "
+        f"recompute {c.largest / GIB:.2f} ({c.largest_name})",
+        f"  saved outside regions, GiB: {_top(c.by_owner)}",
+        "ckpt = enable_gradient_checkpointing() of both U-Nets (resnets, spatial and temporal "
+        "transformer blocks)",
+    ]
     frozen_gib = 4 * sum(frozen.values()) / GIB
-    levels = {"no ckpt": acts.plain} | {k: v.total for k, v in acts.checkpointed.items()}
+    levels = dict(zip(LEVELS, (acts.plain, c.total), strict=True))
     rows = []
-    setups = (("1 GPU", 1, False), (f"{gpus} GPUs DDP", 1, True), (f"{gpus} GPUs FSDP", gpus, False))
-    for label, shards, ddp in setups:
+    setups = ((SETUPS[0], 1), (SETUPS[1].format(gpus=gpus), 1), (SETUPS[2].format(gpus=gpus), gpus))
+    for label, shards in setups:
         for level, act in levels.items():
             if shards > 1:
                 # FSDP2 bf16 compute params: RefinerNet stays unsharded from its forward to its
@@ -529,8 +517,7 @@ def plan(cfg: ModelConfig, batch: int, gpus: int) -> tuple[list[str], list[Row]]
                 bf16 = acts.casts
             parts = {
                 "weights": 4 * n / shards / GIB,
-                "grads": 4 * n / shards / GIB,
-                "DDP bkt": 4 * n / GIB if ddp else 0.0,
+                "grads": 4 * n / shards / GIB,  # DDP: the buckets themselves (bucket views)
                 "AdamW": 8 * n / shards / GIB,
                 "EMA": 4 * n / shards / GIB,
                 "frozen": frozen_gib,
@@ -553,6 +540,21 @@ def render(rows: list[Row]) -> list[str]:
     return out
 
 
+def fit_summary(name: str, rows: list[Row], gpus: int, capacity: str = "80 GB") -> list[str]:
+    """Whether the config fits ``capacity`` per GPU under DDP (one whole replica per GPU) and
+    under FSDP (one replica sharded over ``gpus`` GPUs), with and without checkpointing."""
+    cap = CAPACITY_GIB[capacity]
+    by_label = {row.label: row for row in rows}
+    out = [f"{name}: fits one {capacity} GPU ({cap} GiB) per replica?"]
+    for setup, how in (("DDP", "one replica per GPU"), ("FSDP", f"one replica sharded over {gpus} GPUs")):
+        verdicts = []
+        for level in reversed(LEVELS):
+            total = by_label[f"{gpus} GPUs {setup}, {level}"].total
+            verdicts.append(f"{level}: {'YES' if total <= cap else 'NO'} ({total:.1f} GiB per GPU)")
+        out.append(f"  {setup:<4} ({how}): " + "; ".join(verdicts))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--configs", nargs="+", default=["full", "base"])
@@ -563,8 +565,8 @@ def main() -> None:
     print(
         "Assumptions: fp32 master weights, fp32 gradients and EMA (one copy), AdamW (2 fp32 moments); "
         "frozen VAE/image encoder fp32 on every GPU;\n"
-        "DDP as the trainer builds it (gradient_as_bucket_view=False: buckets = one more fp32 gradient "
-        "copy); FSDP2 = spatialdreamer.train.parallel.shard_loss_module\n"
+        "DDP as the trainer builds it (gradient_as_bucket_view=True: gradients live in the all-reduce "
+        "buckets, no extra copy); FSDP2 = spatialdreamer.train.parallel.shard_loss_module\n"
         "(bf16 params, fp32 reduce; master, grads, AdamW and EMA sharded); 'bf16 wts' = autocast's weight "
         "copies (DDP, 1 GPU) or FSDP's unsharded bf16 params + grad buffers;\n"
         f"'ovh' = CUDA context {CONTEXT_GIB} GiB + {SLACK:.0%} of (bf16 wts + acts) for fragmentation, "
@@ -574,7 +576,7 @@ def main() -> None:
     )
     for name in args.configs:
         lines, rows = plan(get_config(name), args.batch, args.gpus)
-        print("\n".join(lines + render(rows)) + "\n")
+        print("\n".join(lines + render(rows) + fit_summary(name, rows, args.gpus)) + "\n")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ def _cached(cfg, batch, checkpointing, fake):
 _FORWARD = train_memory._forward
 
 
-@pytest.mark.parametrize("checkpointing", ["none", "temporal"])
+@pytest.mark.parametrize("checkpointing", [False, True])
 def test_fake_tensor_accounting_equals_real_tensors(cached_forward, checkpointing):
     cfg = get_config("tiny")
     fake = train_memory._forward(cfg, 1, checkpointing, fake=True)
@@ -43,15 +43,27 @@ def test_fake_tensor_accounting_equals_real_tensors(cached_forward, checkpointin
     assert fake["total"] > 0 and fake["casts"] > 0
 
 
-def test_checkpointing_saves_less_and_every_setup_gets_a_row(cached_forward):
-    lines, rows = train_memory.plan(get_config("tiny"), batch=1, gpus=2)
-    acts = {row.label: row.parts["acts"] for row in rows}
-    assert len(rows) == 9
-    assert acts["1 GPU, ckpt+temporal"] < acts["1 GPU, ckpt"] < acts["1 GPU, no ckpt"]
+def test_checkpointing_covers_the_temporal_blocks_and_every_setup_gets_a_row(cached_forward):
+    cfg = get_config("tiny")
+    lines, rows = train_memory.plan(cfg, batch=1, gpus=2)
+    labels = [row.label for row in rows]
+    setups, levels = ("1 GPU", "2 GPUs DDP", "2 GPUs FSDP"), ("no ckpt", "ckpt")
+    assert labels == [f"{setup}, {level}" for setup in setups for level in levels]
     by_label = {row.label: row for row in rows}
-    ddp, fsdp = by_label["2 GPUs DDP, ckpt"], by_label["2 GPUs FSDP, ckpt"]
+    assert by_label["1 GPU, ckpt"].parts["acts"] < 0.5 * by_label["1 GPU, no ckpt"].parts["acts"]
+    # enable_gradient_checkpointing() covers SVD's temporal blocks: outside the checkpointed regions
+    # only their outputs stay saved (by the blend that follows), ~2 % of what they save unchecked
+    plain, ckpt = train_memory._forward(cfg, 1, False), train_memory._forward(cfg, 1, True)
+    temporal = "TemporalBasicTransformerBlock"
+    assert ckpt["by_owner"].get(temporal, 0) < 0.05 * plain["by_owner"][temporal]
+    ddp, fsdp, one = by_label["2 GPUs DDP, ckpt"], by_label["2 GPUs FSDP, ckpt"], by_label["1 GPU, ckpt"]
     assert fsdp.parts["AdamW"] == pytest.approx(ddp.parts["AdamW"] / 2)
-    assert ddp.parts["DDP bkt"] > 0 and fsdp.parts["DDP bkt"] == 0
+    # DDP with gradient_as_bucket_view: no bucket copy, so the same plan as one GPU
+    assert "DDP bkt" not in ddp.parts and ddp.parts == one.parts
     assert any(line.startswith("== tiny") for line in lines)
     table = train_memory.render(rows)
-    assert "fits 80 GB" in table[0] and len(table) == 10
+    assert "fits 80 GB" in table[0] and len(table) == 7
+    summary = train_memory.fit_summary("tiny", rows, gpus=2)
+    assert summary[0].startswith("tiny: fits one 80 GB GPU")
+    assert summary[1].lstrip().startswith("DDP") and summary[2].lstrip().startswith("FSDP")
+    assert all("ckpt: YES" in line and "no ckpt: YES" in line for line in summary[1:])

@@ -13,6 +13,11 @@ a pipeline with the EMA weights for inference.
 
 The optimizer state is keyed by parameter *name*, not position, so a checkpoint refuses to load
 into a model whose trainable parameters differ instead of silently mixing up moments.
+
+Sharded training (FSDP, ``parallel: fsdp``) writes the same files with full tensors: the trainer
+gathers weights, moments and EMA weights to rank 0
+(:mod:`spatialdreamer.train.parallel`), and loading gives every rank its own shard of each
+tensor, so a checkpoint resumes with or without sharding and at another number of ranks.
 """
 
 from __future__ import annotations
@@ -23,7 +28,10 @@ import shutil
 import tempfile
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+
+from spatialdreamer.train.parallel import shard_like
 
 __all__ = [
     "EMA_FILE",
@@ -46,13 +54,14 @@ _FORMAT = 1
 
 
 def optimizer_state_to_safe(
-    optimizer: torch.optim.Optimizer, names: list[str]
+    optimizer: torch.optim.Optimizer | dict, names: list[str]
 ) -> tuple[dict[str, torch.Tensor], dict]:
-    """Split ``optimizer.state_dict()`` into named tensors and a JSON-friendly rest.
+    """Split ``optimizer.state_dict()`` (or such a dict, e.g. gathered from the ranks of sharded
+    training) into named tensors and a JSON-friendly rest.
 
     ``names[i]`` names the optimizer's i-th parameter (in param-group order).
     """
-    state = optimizer.state_dict()
+    state = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
     count = sum(len(g["params"]) for g in state["param_groups"])
     if count != len(names):
         raise ValueError(f"optimizer has {count} parameters but {len(names)} names were given")
@@ -73,9 +82,10 @@ def optimizer_state_to_safe(
 
 
 def save_optimizer_state(
-    folder: str, optimizer: torch.optim.Optimizer, names: list[str], extra: dict
+    folder: str, optimizer: torch.optim.Optimizer | dict, names: list[str], extra: dict
 ) -> None:
-    """Write ``optimizer.safetensors`` and ``state.json`` (``extra`` merged in) into ``folder``."""
+    """Write ``optimizer.safetensors`` and ``state.json`` (``extra`` merged in) into ``folder``;
+    ``optimizer`` may be the optimizer or its state dict with full tensors."""
     os.makedirs(folder, exist_ok=True)
     tensors, meta = optimizer_state_to_safe(optimizer, names)
     save_file(tensors, os.path.join(folder, "optimizer.safetensors"))
@@ -96,7 +106,9 @@ def read_training_state(folder: str) -> dict:
 
 
 def load_optimizer_state(folder: str, optimizer: torch.optim.Optimizer, names: list[str]) -> dict:
-    """Restore ``optimizer`` from ``folder``; returns the checkpoint's ``state.json``."""
+    """Restore ``optimizer`` from ``folder``; returns the checkpoint's ``state.json``.
+
+    Moments of sharded (``DTensor``) parameters are split so that each rank keeps its shard."""
     state = read_training_state(folder)
     meta = state["optimizer"]
     saved = [n for g in meta["param_groups"] for n in g["params"]]
@@ -107,11 +119,16 @@ def load_optimizer_state(folder: str, optimizer: torch.optim.Optimizer, names: l
             f"(only in checkpoint: {extra[:3]}, only in model: {missing[:3]}, or another order)"
         )
     index = {name: i for i, name in enumerate(names)}
-    tensors = load_file(os.path.join(folder, "optimizer.safetensors"))
+    params = [p for g in optimizer.param_groups for p in g["params"]]
     slots: dict[int, dict] = {}
-    for key, value in tensors.items():
-        name, slot = key.rsplit("/", 1)
-        slots.setdefault(index[name], {})[slot] = value
+    with safe_open(os.path.join(folder, "optimizer.safetensors"), framework="pt") as fh:
+        keys = fh.keys()
+        for key in keys:  # one tensor at a time: a sharded rank never holds the whole state
+            name, slot = key.rsplit("/", 1)
+            value, param = fh.get_tensor(key), params[index[name]]
+            if _is_sharded(param) and value.shape == param.shape:
+                value = shard_like(value, param)
+            slots.setdefault(index[name], {})[slot] = value
     for name, values in meta["scalar_state"].items():
         slots.setdefault(index[name], {}).update(values)
     groups = []
@@ -122,11 +139,13 @@ def load_optimizer_state(folder: str, optimizer: torch.optim.Optimizer, names: l
     return state
 
 
-def save_ema_state(folder: str, ema, names: list[str]) -> None:
-    """Write the EMA weights (keyed by parameter name) and merge its scalars into ``state.json``."""
-    if len(ema.shadow_params) != len(names):
-        raise ValueError(f"EMA holds {len(ema.shadow_params)} tensors but {len(names)} names were given")
-    tensors = {n: p.detach().cpu().contiguous() for n, p in zip(names, ema.shadow_params, strict=True)}
+def save_ema_state(folder: str, ema, names: list[str], shadow: list[torch.Tensor] | None = None) -> None:
+    """Write the EMA weights (keyed by parameter name) and merge its scalars into ``state.json``;
+    ``shadow`` replaces ``ema.shadow_params`` (e.g. full tensors gathered from sharded ones)."""
+    shadow = ema.shadow_params if shadow is None else shadow
+    if len(shadow) != len(names):
+        raise ValueError(f"EMA holds {len(shadow)} tensors but {len(names)} names were given")
+    tensors = {n: p.detach().cpu().contiguous() for n, p in zip(names, shadow, strict=True)}
     save_file(tensors, os.path.join(folder, EMA_FILE))
     state = read_training_state(folder)
     state["ema"] = {k: v for k, v in ema.state_dict().items() if k != "shadow_params"}
@@ -145,9 +164,17 @@ def load_ema_state(folder: str, ema, names: list[str]) -> None:
     if missing:
         raise ValueError(f"EMA weights in {folder} lack parameters {missing[:3]}")
     shadow = [
-        tensors[n].to(device=p.device, dtype=p.dtype) for n, p in zip(names, ema.shadow_params, strict=True)
+        shard_like(tensors[n], p) if _is_sharded(p) else tensors[n].to(device=p.device, dtype=p.dtype)
+        for n, p in zip(names, ema.shadow_params, strict=True)
     ]
-    ema.load_state_dict(state["ema"] | {"shadow_params": shadow})
+    ema.load_state_dict(state["ema"])  # counters (it would deep-copy tensors passed here)
+    ema.shadow_params = shadow
+
+
+def _is_sharded(tensor: torch.Tensor) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)
 
 
 def restore_latent_scale(vae: torch.nn.Module, folder: str) -> None:

@@ -6,6 +6,11 @@ frozen VAE behind :func:`training_losses` — is wrapped in one ``DistributedDat
 Wrapping the U-Nets separately would not work: RefinerNet's output is unused (its features
 reach the loss through the attention bank), so DDP would wait forever for its tail's gradients;
 seen from the loss, those parameters are simply unused (``find_unused_parameters=True``).
+Gradients are views into DDP's all-reduce buckets (``gradient_as_bucket_view``: no second
+gradient-sized copy). With ``parallel: fsdp`` the two U-Nets are sharded instead
+(:func:`spatialdreamer.train.parallel.shard_loss_module`): weights, gradients, AdamW moments and
+EMA weights are split over the ranks, and a checkpoint is gathered to rank 0, which writes the
+same folder as unsharded training (every rank takes part in :meth:`Trainer.save_checkpoint`).
 
 Everything random is derived from ``(seed, step, rank)``, so a run resumed from a checkpoint
 continues exactly as the uninterrupted run would have.
@@ -171,12 +176,15 @@ class LossModule(torch.nn.Module):
     """Denoiser + RefinerNet + frozen VAE behind one ``forward`` returning the loss dict (the
     unit DDP wraps)."""
 
-    def __init__(self, pipe: SpatialDreamerPipeline, stereo_loss_weight: float) -> None:
+    def __init__(
+        self, pipe: SpatialDreamerPipeline, stereo_loss_weight: float, hole_loss_weight: float = 1.0
+    ) -> None:
         super().__init__()
         self.unet, self.refinernet, self.vae = pipe.unet, pipe.refinernet, pipe.vae
         self.image_encoder = pipe.image_encoder
         self.scheduler = pipe.scheduler
         self.stereo_loss_weight = stereo_loss_weight
+        self.hole_loss_weight = hole_loss_weight
 
     def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
         context = encode_condition_embeddings(
@@ -189,6 +197,7 @@ class LossModule(torch.nn.Module):
             vae=self.vae,
             scheduler=self.scheduler,
             stereo_loss_weight=self.stereo_loss_weight,
+            hole_loss_weight=self.hole_loss_weight,
             encoder_hidden_states=context,
             generator=generator,
         )
@@ -207,7 +216,12 @@ class Trainer:
 
     Trainable: the denoiser and RefinerNet (fp32 master weights, AdamW), except the denoiser's
     temporal layers in the ``frames`` stage. Frozen: the VAE and the image encoder. On CUDA the
-    forward runs under autocast (bf16, or fp16 with a grad scaler).
+    forward runs under autocast (bf16, or fp16 with a grad scaler; FSDP computes in bf16 and
+    refuses fp16).
+
+    With ``torch.distributed`` initialised over more than one rank the loss module is wrapped
+    (DDP) or sharded (FSDP, ``parallel: fsdp``) before the optimizer and the EMA are built, so
+    that both hold the sharded parameters.
 
     ``calibration_frames`` (``[N, 3, H, W]`` in [0, 1], a sample of the corpus, or a function
     that reads one) calibrates an uncalibrated space-to-depth latent space; :func:`run_worker`
@@ -250,7 +264,14 @@ class Trainer:
             pipe.unet.enable_gradient_checkpointing()
             pipe.refinernet.enable_gradient_checkpointing()
         self.pipe = pipe
-        self.module = LossModule(pipe, config.lambda_d)
+        self.module = LossModule(pipe, config.lambda_d, config.hole_loss_weight)
+        self.amp_dtype = _amp_dtype(config.mixed_precision, self.device)
+        self.model: torch.nn.Module = self.module
+        self.sharded = False  # FSDP: parameters, moments and EMA weights are DTensor shards
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            self.model = _wrap_distributed(self.module, config, self.device, self.amp_dtype)
+            self.sharded = config.parallel == "fsdp"
+        # after sharding: FSDP replaces every U-Net parameter by a DTensor
         named = [(n, p) for n, p in self.module.named_parameters() if p.requires_grad]
         self.param_names = [n for n, _ in named]
         self.params = [p for _, p in named]
@@ -266,11 +287,7 @@ class Trainer:
             if config.ema_decay > 0
             else None
         )
-        self.amp_dtype = _amp_dtype(config.mixed_precision, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        self.model: torch.nn.Module = self.module
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            self.model = _wrap_distributed(self.module, config, self.device)
         self.step = 0
         self.skipped_steps = 0
 
@@ -297,7 +314,12 @@ class Trainer:
         self.scaler.scale(losses["loss"]).backward()
         self.scaler.unscale_(self.optimizer)
         max_norm = self.config.max_grad_norm or float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        if self.sharded:  # from the local shards: DTensor's per-gradient dispatch costs seconds
+            from spatialdreamer.train.parallel import clip_grad_norm_
+
+            grad_norm = clip_grad_norm_(self.params, max_norm)
+        else:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
         if torch.isfinite(grad_norm):
             self.scaler.step(self.optimizer)
             if self.ema is not None:
@@ -314,10 +336,25 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------------
 
-    def save_checkpoint(self, folder: str, metrics: dict | None = None) -> str:
-        """Write a checkpoint folder (pipeline + optimizer state); call on one rank only."""
+    def save_checkpoint(self, folder: str, metrics: dict | None = None) -> str | None:
+        """Write a checkpoint folder (pipeline + optimizer and EMA state) and return it.
+
+        Unsharded (one process or DDP): call on one rank only. Sharded (FSDP): a collective —
+        call on every rank at the same step; the full weights, optimizer moments and EMA
+        weights are gathered to rank 0, which writes ``folder`` (the same files as unsharded
+        training); the other ranks write nothing and return ``None``.
+        """
+        if self.sharded:
+            return self._save_sharded(folder, metrics)
         self.pipe.save_pretrained(folder, safe_serialization=True)
-        extra = {
+        state_dir = os.path.join(folder, STATE_DIR)
+        save_optimizer_state(state_dir, self.optimizer, self.param_names, self._training_state(metrics))
+        if self.ema is not None:
+            save_ema_state(state_dir, self.ema, self.param_names)
+        return folder
+
+    def _training_state(self, metrics: dict | None) -> dict:
+        return {
             "step": self.step,
             "skipped_steps": self.skipped_steps,
             "world_size": self.world_size,
@@ -325,19 +362,50 @@ class Trainer:
             "grad_scaler": {k: float(v) for k, v in self.scaler.state_dict().items()},
             "metrics": metrics or {},
         }
-        save_optimizer_state(os.path.join(folder, STATE_DIR), self.optimizer, self.param_names, extra)
+
+    def _save_sharded(self, folder: str, metrics: dict | None) -> str | None:
+        from spatialdreamer.train.parallel import (
+            full_state_dict,
+            gather_full,
+            gather_optimizer_state,
+            unsharded_copy,
+        )
+
+        weights = {name: full_state_dict(getattr(self.pipe, name)) for name in ("unet", "refinernet")}
+        optimizer = gather_optimizer_state(self.optimizer)
+        shadow = gather_full(self.ema.shadow_params) if self.ema is not None else None
+        if dist.get_rank() != 0:
+            return None
+        pipe = SpatialDreamerPipeline(
+            vae=self.pipe.vae,
+            unet=unsharded_copy(self.pipe.unet, weights["unet"]),
+            refinernet=unsharded_copy(self.pipe.refinernet, weights["refinernet"]),
+            scheduler=self.pipe.scheduler,
+            image_encoder=self.pipe.image_encoder,
+        )
+        pipe.save_pretrained(folder, safe_serialization=True)
+        state_dir = os.path.join(folder, STATE_DIR)
+        save_optimizer_state(state_dir, optimizer, self.param_names, self._training_state(metrics))
         if self.ema is not None:
-            save_ema_state(os.path.join(folder, STATE_DIR), self.ema, self.param_names)
+            save_ema_state(state_dir, self.ema, self.param_names, shadow=shadow)
         return folder
 
     def load_checkpoint(self, folder: str) -> dict:
-        """Restore weights, optimizer, scaler and step from ``folder``; returns its state."""
+        """Restore weights, optimizer, EMA, scaler and step from ``folder``; returns its state.
+
+        Sharded (FSDP): call on every rank; each reads the folder and keeps its own shards
+        (the checkpoint may come from unsharded training or from another number of ranks)."""
         for name, cls in (("unet", SpatialDreamerDenoiser), ("refinernet", RefinerNet)):
             path = os.path.join(folder, name)
             if not os.path.isdir(path):
                 raise FileNotFoundError(f"checkpoint {folder} has no {name}/ folder")
             loaded = cls.from_pretrained(path).state_dict()
-            getattr(self.pipe, name).load_state_dict(loaded, strict=True)
+            if self.sharded:
+                from spatialdreamer.train.parallel import load_full_state_dict
+
+                load_full_state_dict(getattr(self.pipe, name), loaded)
+            else:
+                getattr(self.pipe, name).load_state_dict(loaded, strict=True)
         restore_latent_scale(self.pipe.vae, folder)
         state = load_optimizer_state(os.path.join(folder, STATE_DIR), self.optimizer, self.param_names)
         if self.ema is not None:
@@ -382,15 +450,25 @@ def calibration_frames(dataset: StereoClipDataset, count: int = 32) -> torch.Ten
     return torch.cat([dataset[i]["target"] for i in picks])
 
 
-def _wrap_distributed(module: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.nn.Module:
+def _wrap_distributed(
+    module: torch.nn.Module, config: TrainConfig, device: torch.device, amp_dtype: torch.dtype | None
+) -> torch.nn.Module:
     if config.parallel == "fsdp":
         from spatialdreamer.train.parallel import shard_loss_module
 
-        return shard_loss_module(module, device=device)
+        if amp_dtype == torch.float16:
+            raise ValueError(
+                "parallel: fsdp computes in bf16 and has no fp16 grad scaler; "
+                "set mixed_precision to bf16, auto or no"
+            )
+        # the sharded U-Nets compute in the autocast dtype (bf16 on CUDA, fp32 on the CPU)
+        return shard_loss_module(module, device=device, param_dtype=amp_dtype)
     from torch.nn.parallel import DistributedDataParallel
 
     device_ids = [device] if device.type == "cuda" else None
-    return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=True)
+    return DistributedDataParallel(
+        module, device_ids=device_ids, find_unused_parameters=True, gradient_as_bucket_view=True
+    )
 
 
 def _mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
@@ -488,8 +566,10 @@ def run_worker(
                 )
             if at_checkpoint:
                 with tempfile.TemporaryDirectory(prefix="spatialdreamer-ckpt-") as tmp:
-                    folder = trainer.save_checkpoint(tmp, metrics) if rank == 0 else None
-                    report(metrics, folder)
+                    # sharded: every rank takes part in gathering the state; rank 0 writes it
+                    gathers = rank == 0 or trainer.sharded
+                    folder = trainer.save_checkpoint(tmp, metrics) if gathers else None
+                    report(metrics, folder)  # None on ranks other than 0
             else:
                 report(metrics, None)
     return metrics
