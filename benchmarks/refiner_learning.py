@@ -57,6 +57,7 @@ from spatialdreamer.metrics import psnr, ssim  # noqa: E402
 from spatialdreamer.models import SpatialDreamerPipeline, build_pipeline  # noqa: E402
 from spatialdreamer.models.autoencoder import calibrate_latent_scale  # noqa: E402
 from spatialdreamer.models.conditioning import decode_latents, encode_frames  # noqa: E402
+from spatialdreamer.models.reference import rendered_view  # noqa: E402
 from spatialdreamer.runtime import tune_cpu_allocator  # noqa: E402
 from spatialdreamer.stereo import fill_holes  # noqa: E402
 from spatialdreamer.synth import random_spec  # noqa: E402
@@ -133,7 +134,7 @@ def warp_back_cases(dataset: StereoClipDataset):
     for i in range(len(dataset)):
         s = dataset[i]
         if s["mask"].any():
-            yield s["rendered"], s["mask"], s["reference"], None, s["target"]
+            yield s["rendered"], s["mask"], s["reference"], s["disparity"], s["target"]
 
 
 def evaluate(methods: dict, cases, vae) -> dict[str, dict[str, float]]:
@@ -158,9 +159,10 @@ def evaluate(methods: dict, cases, vae) -> dict[str, dict[str, float]]:
 def refiner(pipe: SpatialDreamerPipeline, steps: int):
     pipe.set_progress_bar_config(disable=True)
 
-    def run(rendered, holes, reference, _disparity):
+    def run(rendered, holes, reference, disparity):
         generator = torch.Generator().manual_seed(0)
-        return pipe(rendered, holes, reference, num_inference_steps=steps, generator=generator).frames
+        condition = rendered_view(rendered, holes, disparity)  # as convert --refiner does
+        return pipe(condition, holes, reference, num_inference_steps=steps, generator=generator).frames
 
     return run
 

@@ -201,5 +201,5 @@ def _right_eye(frames, estimator, normalizer, options: ConvertOptions, refiner=N
     disparity = disparity_from_normalized(normalized, frames.shape[-1], options.budget, options.convergence)
     warped = forward_warp(frames, disparity)
     if refiner is not None:
-        return refiner.push(warped.image, warped.holes, frames)
+        return refiner.push(warped.image, warped.holes, frames, warped.disparity)
     return fill_holes(warped.image, warped.holes, warped.disparity, inpaint=options.inpaint)

@@ -9,7 +9,7 @@ from train_helpers import CLIPS, HEIGHT, WIDTH, write_corpus
 from spatialdreamer.data import load_manifest
 from spatialdreamer.data.dataset import StereoClipDataset, fit_frames, resize_cover
 from spatialdreamer.data.shards import read_clip
-from spatialdreamer.models.reference import reference_view
+from spatialdreamer.models.reference import reference_view, rendered_view
 from spatialdreamer.train import StepBatchSampler
 
 
@@ -29,7 +29,10 @@ def test_samples_are_the_warp_back_triple_with_shapes_dtypes_and_ranges(corpus):
         assert sample[key].min() >= 0.0 and sample[key].max() <= 1.0
     assert sample["mask"].shape == (4, 1, 32, 48) and sample["mask"].dtype == torch.bool
     assert 0 < sample["mask"].float().mean() < 0.5  # the warp-back view has some holes, not all
-    assert (sample["rendered"].masked_select(sample["mask"]) == 0).all()  # holes carry no colour
+    # holes are pre-filled from the farther side, exactly as convert --refiner conditions the model
+    back = resize_cover(read_clip(corpus, load_manifest(corpus).iloc[0].to_dict()).back[:4], (32, 48))
+    assert torch.equal(sample["rendered"], rendered_view(back, sample["mask"], sample["disparity"]))
+    assert not (sample["rendered"].amax(1, keepdim=True)[sample["mask"]] == 0).all()
     # the target is the source clip (decoded, resized to cover, centre-cropped); input and
     # reference are other views: close to it away from holes, but not equal
     clip = read_clip(corpus, load_manifest(corpus).iloc[0].to_dict())

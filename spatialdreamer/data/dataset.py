@@ -3,9 +3,12 @@
 Each item is one window of ``num_frames`` frames from one clip, in the layout
 :func:`spatialdreamer.models.losses.training_losses` takes (after collation adds ``B``):
 
-* ``rendered`` ``[T,3,H,W]`` float32 in [0, 1]: the warp-back view (zero in holes), the input;
+* ``rendered`` ``[T,3,H,W]`` float32 in [0, 1]: the warp-back view, its holes pre-filled by
+  :func:`~spatialdreamer.models.reference.rendered_view` as at inference, the input;
 * ``mask`` ``[T,1,H,W]`` bool: its holes (True = hole), the input mask;
 * ``target`` ``[T,3,H,W]`` float32 in [0, 1]: the source frames, the ground truth;
+* ``disparity`` ``[T,1,H,W]`` float32: the source eye's disparity divided by the window's
+  maximum (it picks the background side of each hole; not a model input);
 * ``reference`` ``[T,3,H,W]`` float32 in [0, 1]: the other-eye view (the source forward-warped),
   what RefinerNet encodes, made complete by
   :func:`~spatialdreamer.models.reference.reference_view` exactly as at inference, where the
@@ -31,7 +34,7 @@ from torch.utils.data import Dataset
 
 from spatialdreamer.data.manifest import load_manifest
 from spatialdreamer.data.shards import SHARD_FILES, ClipArrays, read_clip
-from spatialdreamer.models.reference import reference_view
+from spatialdreamer.models.reference import reference_view, rendered_view
 
 __all__ = ["SAMPLE_KEYS", "StereoClipDataset", "fit_frames", "resize_cover"]
 
@@ -197,11 +200,15 @@ class StereoClipDataset(Dataset):
             return resize_cover(fit_frames(x, window.start, self.num_frames), size, mask=mask)
 
         mask, right_holes = frames(clip.back_holes, True), frames(clip.right_holes, True)
+        window_disparity = fit_frames(clip.disparity, window.start, self.num_frames)
+        span = window_disparity.amax().clamp(min=1e-6)  # resize_cover works in [0, 1]
+        disparity = resize_cover(window_disparity / span, size)
         return {
             "target": frames(clip.rgb),
-            "rendered": frames(clip.back).masked_fill(mask, 0.0),
+            "rendered": rendered_view(frames(clip.back), mask, disparity),
             "mask": mask,
             "reference": reference_view(frames(clip.right), right_holes),
+            "disparity": disparity,  # of the source eye, ÷ its window maximum (order is what counts)
             "clip_id": str(row["clip_id"]),
             "start": window.start,
         }

@@ -29,6 +29,7 @@ import torch
 
 from spatialdreamer.depth import TemporalNormalizer, load_depth_estimator
 from spatialdreamer.dvg import forward_warp
+from spatialdreamer.models.reference import rendered_view
 from spatialdreamer.stereo import fill_holes
 
 __all__ = [
@@ -173,7 +174,7 @@ class RefinerDVG:
         check_inputs(left, disparity)
         warp = forward_warp(left, disparity.to(left))
         out = self.pipe(
-            warp.image.clamp(0, 1),
+            rendered_view(warp.image.clamp(0, 1), warp.holes, warp.disparity),
             warp.holes,
             left,
             num_inference_steps=self.steps,

@@ -77,7 +77,9 @@ def training_losses(
     Args:
         batch: ``target``, ``rendered``, ``reference`` ``[B, T, 3, H, W]`` in [0, 1] and ``mask``
             ``[B, T, 1, H, W]`` (True/1 = hole). For warp-back training ``rendered`` is the
-            warp-back view and ``target`` the source frame.
+            warp-back view with its holes pre-filled
+            (:func:`~spatialdreamer.models.reference.rendered_view`) and ``target`` the source
+            frame.
         unet, refinernet: the denoiser and RefinerNet (optionally DDP-wrapped); both get gradients.
         vae: frozen autoencoder (runs without gradients).
         scheduler: the sampling scheduler (v-prediction); only its noise schedule is read.
@@ -125,7 +127,6 @@ def training_losses(
     model = unwrap(unet)
     device, dtype = model.device, model.dtype
     bsz, frames = target.shape[:2]
-    rendered = rendered.masked_fill(mask.bool(), 0.0)  # holes are black, as the pipeline makes them
     z0, z_render, z_ref = (
         _latents(vae, x).to(device=device, dtype=torch.float32) for x in (target, rendered, reference)
     )

@@ -130,8 +130,9 @@ class SpatialDreamerPipeline(DiffusionPipeline):
         """Refine ``rendered`` frames.
 
         Args:
-            rendered: ``[T, 3, H, W]`` or ``[B, T, 3, H, W]`` in [0, 1], the view to refine (holes
-                may hold anything; they are masked).
+            rendered: ``[T, 3, H, W]`` or ``[B, T, 3, H, W]`` in [0, 1], the view to refine, its
+                holes pre-filled as in training
+                (:func:`~spatialdreamer.models.reference.rendered_view`).
             masks: ``[T, 1, H, W]`` / ``[B, T, 1, H, W]``, bool or float, True/1 = hole.
             reference: the source-view frames, same shape as ``rendered``; complete frames (see
                 :func:`~spatialdreamer.models.reference.reference_view`).
@@ -177,7 +178,6 @@ class SpatialDreamerPipeline(DiffusionPipeline):
             return F.pad(x, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else x
 
         rendered_px, masks_px, reference_px = prep(rendered), prep(masks), prep(reference)
-        rendered_px = rendered_px.masked_fill(masks_px > 0.5, 0.0)  # holes are black, as in training
 
         # 1. conditions
         unet_cfg = self.unet.config

@@ -8,7 +8,7 @@ produced with a linear ramp, and holds those ``overlap`` frames back until the n
 been blended into them. Memory is one chunk plus the overlap, whatever the video's length.
 
 The model sees what it was trained on (:mod:`spatialdreamer.models.reference`): the rendered
-view with its holes zeroed and a complete reference view.
+view with its holes pre-filled from the background side, and a complete reference view.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import os
 
 import torch
 
-from spatialdreamer.models.reference import reference_view
+from spatialdreamer.models.reference import reference_view, rendered_view
 
 __all__ = ["RefinerError", "StreamingRefiner", "load_refiner_pipeline"]
 
@@ -89,12 +89,19 @@ class StreamingRefiner:
         self._calls = 0
         self._pending: dict[str, torch.Tensor] | None = None  # inputs and output of held-back frames
 
-    def push(self, rendered: torch.Tensor, holes: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    def push(
+        self,
+        rendered: torch.Tensor,
+        holes: torch.Tensor,
+        reference: torch.Tensor,
+        disparity: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Add ``T`` frames; returns the frames that are final (``[t, 3, H, W]``, ``t`` ≤ ``T`` +
         held-back frames), in order.
 
         ``rendered`` ``[T, 3, H, W]`` in [0, 1] (any values in holes), ``holes`` ``[T, 1, H, W]``
-        bool, ``reference`` ``[T, 3, H, W]`` the complete source-eye frames.
+        bool, ``reference`` ``[T, 3, H, W]`` the complete source-eye frames, ``disparity``
+        ``[T, 1, H, W]`` of the rendered view (picks the background side of each hole).
         """
         if rendered.ndim != 4 or holes.shape != (rendered.shape[0], 1, *rendered.shape[2:]):
             raise ValueError(
@@ -106,7 +113,7 @@ class StreamingRefiner:
                 f"reference {tuple(reference.shape)} must match rendered {tuple(rendered.shape)}"
             )
         new = {
-            "rendered": rendered.masked_fill(holes, 0.0),
+            "rendered": rendered_view(rendered, holes, disparity),
             "holes": holes,
             "reference": reference_view(reference),
         }
