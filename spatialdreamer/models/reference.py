@@ -10,7 +10,8 @@ background side (the classical propagation, no inpainting), and a view without h
 returned unchanged.
 
 **The rendered view** the denoiser is conditioned on (:func:`rendered_view`): the warped view
-with its holes pre-filled by the classical background propagation, not left black. The mask
+with its holes pre-filled by the converter's classical fill (background propagation, then
+inpainting), not left black. The mask
 still tells the denoiser which pixels are invented, and the classical fill is then the
 starting point it improves on: copying its condition in the holes already reaches the
 classical baseline, so training starts from there instead of from black.
@@ -48,15 +49,16 @@ def rendered_view(
     view: torch.Tensor, holes: torch.Tensor, disparity: torch.Tensor | None = None
 ) -> torch.Tensor:
     """The denoiser's condition: ``view`` ``[T, 3, H, W]`` with its ``holes`` ``[T, 1, H, W]``
-    filled from the farther side (``disparity`` ``[T, 1, H, W]`` of the view, larger = nearer;
-    without it, from the right: a right eye warped from a left source).
+    filled as the converter's classical fill does: from the farther side (``disparity``
+    ``[T, 1, H, W]`` of the view, larger = nearer; without it, from the right: a right eye
+    warped from a left source), then smoothed by inpainting.
 
     Example:
-        >>> view = torch.zeros(1, 3, 1, 6); view[..., 4:] = 1.0
-        >>> holes = torch.zeros(1, 1, 1, 6, dtype=torch.bool); holes[..., 2:4] = True
-        >>> rendered_view(view, holes)[0, 0, 0].tolist()
-        [0.0, 0.0, 1.0, 1.0, 1.0, 1.0]
+        >>> view = torch.zeros(1, 3, 8, 8); view[..., 6:] = 1.0
+        >>> holes = torch.zeros(1, 1, 8, 8, dtype=torch.bool); holes[..., 3:6] = True
+        >>> bool(rendered_view(view, holes)[..., 3:6].min() > 0.9)  # from the right
+        True
     """
     if view.ndim != 4 or view.shape[1] != 3:
         raise ValueError(f"view must be [T, 3, H, W], got {tuple(view.shape)}")
-    return fill_holes(view, holes, disparity, background_side="right", inpaint=False)
+    return fill_holes(view, holes, disparity, background_side="right")

@@ -8,7 +8,7 @@ produced with a linear ramp, and holds those ``overlap`` frames back until the n
 been blended into them. Memory is one chunk plus the overlap, whatever the video's length.
 
 The model sees what it was trained on (:mod:`spatialdreamer.models.reference`): the rendered
-view with its holes pre-filled from the background side, and a complete reference view.
+view with its holes pre-filled by the classical fill, and a complete reference view.
 """
 
 from __future__ import annotations
