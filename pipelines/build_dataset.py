@@ -33,7 +33,7 @@ from spatialdreamer.data.corpus import (
     write_clip_stage,
 )
 from spatialdreamer.data.manifest import compact_table, load_manifest, summarize_manifest
-from spatialdreamer.runtime import tune_cpu_allocator
+from spatialdreamer.runtime import tune_cpu_allocator, worker_env
 
 _MANAGED_DIRS = ("manifest", "failures", "shards", "_rows", "_failures", "_videos")
 _MANAGED_FILES = ("_job.json", "_SUCCESS.json")
@@ -90,7 +90,11 @@ def _init_ray(address: str | None = None):
 
     if not ray.is_initialized():
         # RAY_ADDRESS, when set, names the cluster; otherwise Ray starts an embedded local one.
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or None, include_dashboard=False)
+        ray.init(
+            address=address or os.environ.get("RAY_ADDRESS") or None,
+            include_dashboard=False,
+            runtime_env={"env_vars": worker_env()},  # workers' thread policy (spatialdreamer.runtime)
+        )
     return ray
 
 

@@ -38,7 +38,7 @@ from spatialdreamer.eval import (
 from spatialdreamer.eval.folders import notes_for, resolve_lpips
 from spatialdreamer.eval.harness import shown_columns
 from spatialdreamer.metrics import load_i3d, load_raft
-from spatialdreamer.runtime import tune_cpu_allocator
+from spatialdreamer.runtime import tune_cpu_allocator, worker_env
 
 _DEFAULTS = {
     "methods": ["identity", "naive_dibr", "dvg_fill", "dvg_fill_depth"],
@@ -142,7 +142,12 @@ def evaluate(args: argparse.Namespace, config: dict) -> tuple[pd.DataFrame, pd.D
             external = _external_rows(args.pred, args.name, right, holes, None)
 
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False, log_to_driver=False)
+        ray.init(
+            address=os.environ.get("RAY_ADDRESS") or None,
+            include_dashboard=False,
+            log_to_driver=False,
+            runtime_env={"env_vars": worker_env()},  # workers' thread policy (spatialdreamer.runtime)
+        )
     ray.data.DataContext.get_current().enable_progress_bars = bool(args.verbose)
     parts = []
     if scenes:

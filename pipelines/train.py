@@ -29,7 +29,7 @@ import tempfile
 
 from pipelines.configs import read_config
 from spatialdreamer.data.dataset import StereoClipDataset
-from spatialdreamer.runtime import tune_cpu_allocator
+from spatialdreamer.runtime import tune_cpu_allocator, worker_env
 from spatialdreamer.train import STATE_DIR, TrainConfig, read_training_state, run_worker
 
 RUN_NAME = "run"
@@ -118,7 +118,11 @@ def _init_ray():
 
     if not ray.is_initialized():
         # RAY_ADDRESS, when set, names the cluster; otherwise Ray starts an embedded local one.
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False)
+        ray.init(
+            address=os.environ.get("RAY_ADDRESS") or None,
+            include_dashboard=False,
+            runtime_env={"env_vars": worker_env()},  # workers' thread policy (spatialdreamer.runtime)
+        )
     return ray
 
 

@@ -15,7 +15,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from spatialdreamer.runtime import tune_cpu_allocator
+from spatialdreamer.runtime import configure_cpu
 
 log = logging.getLogger("spatialdreamer")
 
@@ -247,12 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    configure_cpu()  # first: before building the parser loads torch (see spatialdreamer.runtime)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    tune_cpu_allocator()
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
