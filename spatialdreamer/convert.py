@@ -3,6 +3,11 @@
 decode chunk → depth → shot-level normalisation (reset at cuts) → disparity → forward warp
 to the right eye → classical hole fill → stereo layout → encode (source audio copied).
 The output appears under its final name only once it is complete.
+
+Decoding, depth, rendering (warp, fill, layout) and encoding run overlapped, each in its own
+thread with at most one chunk waiting between two of them
+(:func:`spatialdreamer.runtime.run_overlapped`), so a chunk is decoded while the one before
+it is warped and the one before that is encoded.
 """
 
 from __future__ import annotations
@@ -11,13 +16,14 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from spatialdreamer.depth import DEFAULT_DEPTH_MODEL, TemporalNormalizer, load_depth_estimator
 from spatialdreamer.dvg import disparity_from_normalized, forward_warp
+from spatialdreamer.runtime import run_overlapped
 from spatialdreamer.stereo import FORMATS, compose, fill_holes, layout_tag
 from spatialdreamer.video import VideoWriter, probe_video, stream_frames
 from spatialdreamer.video.shots import CutDetector
@@ -63,11 +69,16 @@ class ConvertOptions:
 
 @dataclass
 class ConvertReport:
+    """What a conversion did. ``stage_seconds``: busy wall time of each stage (decode, cuts,
+    depth, warp, fill, compose, encode); stages overlap, so they add up to more than
+    ``seconds``, and the largest bounds the frame rate."""
+
     output: Path
     frames: int
     seconds: float
     width: int
     height: int
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def fps(self) -> float:
@@ -120,32 +131,83 @@ def convert_video(
         end = None
     total = round(((end if end is not None else info.duration) - start) * info.fps)
     began = time.perf_counter()
+    timings = {name: 0.0 for name in ("decode", "cuts", "depth", "warp", "fill", "compose", "encode")}
     done = 0
     first_stamp: float | None = None
+
+    def timed(name: str, fn, *args):
+        start = time.perf_counter()
+        result = fn(*args)
+        timings[name] += time.perf_counter() - start
+        return result
+
+    def depth_stage(chunk):
+        flags = timed("cuts", cuts, chunk.frames)
+        start = time.perf_counter()
+        frames = chunk.frames.to(device)
+        disparity = None
+        for a, b, is_cut in _segments(flags):
+            if is_cut:
+                estimator.reset()
+                normalizer.reset()
+            part = _disparity(frames[a:b].float().div_(255.0), estimator, normalizer, options)
+            if disparity is None:
+                disparity = part.new_empty((len(chunk), *part.shape[1:]))
+            disparity[a:b] = part
+        timings["depth"] += time.perf_counter() - start
+        return chunk, disparity
+
+    def render_stage(item):
+        chunk, disparity = item
+        frames = chunk.frames.to(device).float().div_(255.0)
+        right = _right_eye(frames, disparity, options, timings)
+        start = time.perf_counter()
+        if options.format in ("full-sbs", "full-tb"):  # the left eye goes out as decoded
+            packed = compose(chunk.frames.to(device), _to_uint8(right), options.format)
+        else:
+            packed = _to_uint8(compose(frames, right, options.format))
+        timings["compose"] += time.perf_counter() - start
+        return chunk.timestamps, packed.cpu()
+
     with VideoWriter(
         out_path, info.fps, codec=options.codec, crf=options.crf, audio_from=source, audio_range=(start, end)
     ) as writer:
-        for chunk in stream_frames(source, options.chunk_size, start=options.start, end=end, info=info):
-            frames = chunk.frames.to(device).float().div_(255.0)
-            flags = cuts(chunk.frames)
-            right = torch.empty_like(frames)
-            for a, b, is_cut in _segments(flags):
-                if is_cut:
-                    estimator.reset()
-                    normalizer.reset()
-                right[a:b] = _right_eye(frames[a:b], estimator, normalizer, options)
+
+        def encode_stage(item):
+            nonlocal done, first_stamp
+            stamps, packed = item
             if first_stamp is None:
-                first_stamp = float(chunk.timestamps[0])
-            writer.write(compose(frames, right, options.format), timestamps=chunk.timestamps - first_stamp)
-            done += len(chunk)
+                first_stamp = float(stamps[0])
+            writer.write(packed, timestamps=stamps - first_stamp)
+            done += len(packed)
             if progress is not None:
                 progress(done, max(total, done))
-    return ConvertReport(out_path, done, time.perf_counter() - began, info.width, info.height)
+
+        chunks = stream_frames(source, options.chunk_size, start=options.start, end=end, info=info)
+        run_overlapped(
+            ("decode", chunks),
+            [("depth", depth_stage), ("render", render_stage), ("encode", encode_stage)],
+            timings=timings,
+        )
+    timings.pop("render")  # its parts: warp, fill, compose
+    return ConvertReport(out_path, done, time.perf_counter() - began, info.width, info.height, timings)
 
 
-def _right_eye(frames, estimator, normalizer, options: ConvertOptions) -> torch.Tensor:
+def _to_uint8(frames: torch.Tensor) -> torch.Tensor:
+    return frames.clamp(0.0, 1.0).mul_(255.0).add_(0.5).to(torch.uint8)
+
+
+def _disparity(frames, estimator, normalizer, options: ConvertOptions) -> torch.Tensor:
     inverse_depth = estimator(frames)
     normalized = normalizer(inverse_depth)
-    disparity = disparity_from_normalized(normalized, frames.shape[-1], options.budget, options.convergence)
+    return disparity_from_normalized(normalized, frames.shape[-1], options.budget, options.convergence)
+
+
+def _right_eye(frames, disparity, options: ConvertOptions, timings: dict[str, float]) -> torch.Tensor:
+    start = time.perf_counter()
     warped = forward_warp(frames, disparity)
-    return fill_holes(warped.image, warped.holes, warped.disparity, inpaint=options.inpaint)
+    middle = time.perf_counter()
+    right = fill_holes(warped.image, warped.holes, warped.disparity, inpaint=options.inpaint)
+    timings["warp"] += middle - start
+    timings["fill"] += time.perf_counter() - middle
+    return right

@@ -31,9 +31,20 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import queue
 import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
 
-__all__ = ["available_cpus", "configure_cpu", "peak_rss_mib", "tune_cpu_allocator", "worker_env"]
+__all__ = [
+    "available_cpus",
+    "configure_cpu",
+    "peak_rss_mib",
+    "run_overlapped",
+    "tune_cpu_allocator",
+    "worker_env",
+]
 
 log = logging.getLogger(__name__)
 
@@ -182,3 +193,120 @@ def peak_rss_mib() -> float:
 
     scale = 1 if sys.platform == "darwin" else 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+_END = object()
+
+
+class _Stopped(Exception):
+    pass
+
+
+def run_overlapped(
+    source: tuple[str, Iterable],
+    stages: Sequence[tuple[str, Callable]],
+    *,
+    queue_size: int = 1,
+    timings: dict[str, float] | None = None,
+) -> None:
+    """Run a chain of stages concurrently, one thread each, joined by bounded queues.
+
+    ``source`` is ``(name, iterable)``; each stage ``(name, fn)`` maps the previous stage's
+    items to its own, in order; the last stage's results are dropped. Item ``i + 1`` is
+    produced while item ``i`` moves down the chain, so stages that release the GIL (decoding,
+    encoding, OpenCV, torch, the compiled warp) use several cores; at most ``queue_size`` items
+    wait between two stages, so memory stays bounded. ``timings[name]`` accumulates each
+    stage's busy seconds (wall time inside it). The first exception raised anywhere stops every
+    stage and is re-raised here once all threads have finished.
+
+    Example:
+        >>> out = []
+        >>> run_overlapped(("numbers", range(3)), [("double", lambda x: 2 * x), ("keep", out.append)])
+        >>> out
+        [0, 2, 4]
+    """
+    source_name, iterable = source
+    timings = {} if timings is None else timings
+    for name in (source_name, *(name for name, _ in stages)):
+        timings.setdefault(name, 0.0)
+    links = [queue.Queue(maxsize=max(1, queue_size)) for _ in stages]
+    failed = threading.Event()
+    errors: list[BaseException] = []
+
+    def put(link: queue.Queue, item) -> None:
+        while not failed.is_set():
+            try:
+                link.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                continue
+        raise _Stopped
+
+    def get(link: queue.Queue):
+        while not failed.is_set():
+            try:
+                return link.get(timeout=0.05)
+            except queue.Empty:
+                continue
+        raise _Stopped
+
+    def fail(exc: BaseException) -> None:
+        errors.append(exc)
+        failed.set()
+
+    def produce() -> None:
+        items = iter(iterable)
+        try:
+            while True:
+                start = time.perf_counter()
+                try:
+                    item = next(items)
+                except StopIteration:
+                    break
+                finally:
+                    timings[source_name] += time.perf_counter() - start
+                put(links[0], item)
+            put(links[0], _END)
+        except _Stopped:
+            pass
+        except BaseException as exc:
+            fail(exc)
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()  # a generator's files and decoders are released here, in its thread
+
+    def work(index: int, name: str, fn: Callable) -> None:
+        out = links[index + 1] if index + 1 < len(links) else None
+        try:
+            while (item := get(links[index])) is not _END:
+                start = time.perf_counter()
+                result = fn(item)
+                timings[name] += time.perf_counter() - start
+                if out is not None:
+                    put(out, result)
+            if out is not None:
+                put(out, _END)
+        except _Stopped:
+            pass
+        except BaseException as exc:
+            fail(exc)
+
+    threads = [threading.Thread(target=produce, name=f"spatialdreamer-{source_name}", daemon=True)]
+    threads += [
+        threading.Thread(target=work, args=(i, name, fn), name=f"spatialdreamer-{name}", daemon=True)
+        for i, (name, fn) in enumerate(stages)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.1)
+    except BaseException:  # e.g. KeyboardInterrupt in the caller: stop the stages, then re-raise
+        failed.set()
+        for thread in threads:
+            thread.join()
+        raise
+    if errors:
+        raise errors[0]
