@@ -93,3 +93,44 @@ def test_ray_workers_get_the_wait_policy():
 
 def test_available_cpus_is_within_the_machine():
     assert 1 <= runtime.available_cpus() <= (os.cpu_count() or 1)
+
+
+def test_overlapped_stages_keep_order_and_time_each_stage():
+    out, timings = [], {}
+    runtime.run_overlapped(
+        ("numbers", iter(range(20))),
+        [("square", lambda x: x * x), ("keep", out.append)],
+        timings=timings,
+    )
+    assert out == [x * x for x in range(20)]
+    assert set(timings) == {"numbers", "square", "keep"}
+
+
+def test_overlapped_stages_reraise_the_first_error_and_close_the_source():
+    closed = []
+
+    def source():
+        try:
+            yield from range(1000)
+        finally:
+            closed.append(True)
+
+    def boom(x):
+        if x == 3:
+            raise ValueError("bad item 3")
+        return x
+
+    with pytest.raises(ValueError, match="bad item 3"):
+        runtime.run_overlapped(("source", source()), [("boom", boom), ("sink", lambda x: None)])
+    assert closed == [True]
+
+
+def test_overlapped_stages_reraise_an_error_of_the_source():
+    def source():
+        yield 1
+        raise OSError("truncated input")
+
+    seen = []
+    with pytest.raises(OSError, match="truncated"):  # items in flight are dropped: the run failed
+        runtime.run_overlapped(("source", source()), [("sink", seen.append)])
+    assert seen in ([], [1])
