@@ -44,7 +44,6 @@ def _compile():
         _import_error = f"numba is not installed ({exc})"
         return None
 
-    @numba.njit(nogil=True, cache=True, boundscheck=False)
     def warp_rows(img, disp, valid, has_valid, flip, tau, r0, r1, out_img, out_disp, holes, source_x):
         _, c, h, w = img.shape
         tau = np.float32(tau)
@@ -136,8 +135,17 @@ def _compile():
                     out_disp[b, y, a] = seen_disp
                     source_x[b, y, a] = last - sx if flip else sx
 
-    _kernel = warp_rows
+    _kernel = njit(numba, warp_rows)
     return _kernel
+
+
+def njit(numba, fn):
+    """``fn`` compiled without the GIL, its machine code cached on disk when a cache folder is
+    writable (else compiled again in each process: about a second)."""
+    try:
+        return numba.njit(nogil=True, cache=True, boundscheck=False)(fn)
+    except RuntimeError:  # numba: "cannot cache function ... no locator available"
+        return numba.njit(nogil=True, boundscheck=False)(fn)
 
 
 def available() -> bool:

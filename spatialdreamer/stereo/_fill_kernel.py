@@ -14,6 +14,8 @@ import os
 import numpy as np
 import torch
 
+from spatialdreamer.dvg._warp_kernel import njit
+
 __all__ = ["available", "inpaint_context", "paste_painted"]
 
 _kernel = None
@@ -33,32 +35,6 @@ def _compile():
         _import_error = f"numba is not installed ({exc})"
         return None
 
-    @numba.njit(nogil=True, cache=True, boundscheck=False)
-    def propagate(blocked, d, has_disp, bg_right, source, left, right):
-        """``source[x]``: x where not blocked, else the nearest unblocked column on the
-        background side (the farther one with disparity), -1 in a row with none."""
-        w = blocked.shape[0]
-        last = -1
-        for x in range(w):
-            if not blocked[x]:
-                last = x
-            left[x] = last
-        last = -1
-        for x in range(w - 1, -1, -1):
-            if not blocked[x]:
-                last = x
-            right[x] = last
-        for x in range(w):
-            if not blocked[x]:
-                source[x] = x
-                continue
-            lo, hi = left[x], right[x]
-            if hi >= 0 and (lo < 0 or (d[hi] <= d[lo] if has_disp else bg_right)):
-                source[x] = hi
-            else:
-                source[x] = lo
-
-    @numba.njit(nogil=True, cache=True, boundscheck=False)
     def context(img, holes, disp, has_disp, bg_right, guard, means, out):
         b_count, c, h, w = img.shape
         half = np.float32(0.5)
@@ -92,13 +68,7 @@ def _compile():
                     near[x] = near[x] or last_hole - x <= guard
                 for x in range(w):
                     band[x] = near[x] and not row[x]
-                    blocked[x] = row[x] or band[x]
-                if has_disp:  # keep the band pixels nearer than the background they hide
-                    propagate(blocked, d, True, bg_right, source, left, right)
-                    for x in range(w):
-                        if band[x]:
-                            band[x] = d[x] > d[max(source[x], 0)] + half
-                else:  # the foreground is on the side opposite the background
+                if not has_disp:  # the foreground is on the side opposite the background
                     for x in range(w):
                         if band[x]:
                             fg = False
@@ -107,9 +77,35 @@ def _compile():
                                 if 0 <= t < w and row[t]:
                                     fg = True
                             band[x] = fg
-                for x in range(w):
-                    blocked[x] = row[x] or band[x]
-                propagate(blocked, d, has_disp, bg_right, source, left, right)
+                # source[x]: x where not blocked, else the nearest unblocked column on the
+                # background side (the farther one with disparity), -1 in a row with none;
+                # with disparity, run twice: first to keep only the band pixels nearer than
+                # the background they hide, then for the context itself
+                for rep in range(2 if has_disp else 1):
+                    for x in range(w):
+                        blocked[x] = row[x] or band[x]
+                    last = -1
+                    for x in range(w):
+                        if not blocked[x]:
+                            last = x
+                        left[x] = last
+                    last = -1
+                    for x in range(w - 1, -1, -1):
+                        if not blocked[x]:
+                            last = x
+                        right[x] = last
+                    for x in range(w):
+                        lo, hi = left[x], right[x]
+                        if not blocked[x]:
+                            source[x] = x
+                        elif hi >= 0 and (lo < 0 or (d[hi] <= d[lo] if has_disp else bg_right)):
+                            source[x] = hi
+                        else:
+                            source[x] = lo
+                    if has_disp and rep == 0:
+                        for x in range(w):
+                            if band[x]:
+                                band[x] = d[x] > d[max(source[x], 0)] + half
                 for x in range(w):
                     s = source[x] if blocked[x] else x
                     for ch in range(c):
@@ -117,7 +113,6 @@ def _compile():
                         v = min(max(v, zero), one)
                         out[b, y, x, ch] = np.uint8(v * scale + half)
 
-    @numba.njit(nogil=True, cache=True, boundscheck=False)
     def paste(out, painted, holes):
         b_count, c, h, w = out.shape
         scale = np.float32(255.0)
@@ -128,7 +123,7 @@ def _compile():
                         for ch in range(c):
                             out[b, ch, y, x] = np.float32(painted[b, y, x, ch]) / scale
 
-    _kernel = (context, paste)
+    _kernel = (njit(numba, context), njit(numba, paste))
     return _kernel
 
 
