@@ -92,6 +92,16 @@ def _run(cmd: list[str], env: dict, busy: int) -> dict:
     return json.loads(result.stdout.splitlines()[-1])
 
 
+def _print_row(r: dict) -> None:
+    line = f"{r['size']:>9} {r['seconds']:>5.0f}s {r['busy']:>4} {r['code']:>13} {r['fps']:>8.1f} "
+    line += f"{r['cpu_seconds'] / max(1, r['frames']):>7.3f} {r['peak_rss_mib']:>7.0f}"
+    if r["stages"]:
+        per_frame = [1000 * r["stages"].get(s, 0.0) / max(1, r["frames"]) for s in STAGES]
+        line += "                      " + " ".join(f"{v:>7.1f}" for v in per_frame)
+        line += f"   {r.get('kernel_load_seconds', 0.0):>6.1f}"
+    print(line, flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -115,6 +125,12 @@ def main() -> None:
         f"load average before: {load[0]:.1f} (1 min), {load[1]:.1f} (5 min)"
     )
     codes = {"this checkout": None} | ({"baseline": args.baseline} if args.baseline else {})
+    head = " ".join(f"{s:>7}" for s in STAGES)
+    print(
+        f"\n{'size':>9} {'video':>6} {'load':>4} {'code':>13} {'frames/s':>8} {'CPU s/f':>7} {'RSS MiB':>7}",
+        end="",
+    )
+    print(f"   ms/frame per stage: {head}   kernel load s", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
@@ -131,21 +147,8 @@ def main() -> None:
                         cmd = [sys.executable, __file__, "--child", str(source), output]
                         r = _run([*cmd, args.depth_model, args.format], env, busy)
                         rows.append({"size": size, "seconds": seconds, "busy": busy, "code": code} | r)
+                        _print_row(rows[-1])
                         Path(output).unlink(missing_ok=True)
-    head = " ".join(f"{s:>7}" for s in STAGES)
-    print(
-        f"\n{'size':>9} {'video':>6} {'load':>4} {'code':>13} {'frames/s':>8} {'CPU s/f':>7} {'RSS MiB':>7}",
-        end="",
-    )
-    print(f"   ms/frame per stage: {head}   kernel load s")
-    for r in rows:
-        line = f"{r['size']:>9} {r['seconds']:>5.0f}s {r['busy']:>4} {r['code']:>13} {r['fps']:>8.1f} "
-        line += f"{r['cpu_seconds'] / max(1, r['frames']):>7.3f} {r['peak_rss_mib']:>7.0f}"
-        if r["stages"]:
-            per_frame = [1000 * r["stages"].get(s, 0.0) / max(1, r["frames"]) for s in STAGES]
-            line += "                      " + " ".join(f"{v:>7.1f}" for v in per_frame)
-            line += f"   {r.get('kernel_load_seconds', 0.0):>6.1f}"
-        print(line)
     for size in args.sizes:
         for code in codes:
             mine = [r for r in rows if r["size"] == size and r["code"] == code]

@@ -58,14 +58,18 @@ _configured: int | None = None
 
 def available_cpus() -> int:
     """CPUs this process may use: its affinity mask, capped by a cgroup v2/v1 CPU quota."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
+    cpus = _affinity_cpus()
     quota = _cgroup_quota()
     if quota is not None:
         cpus = min(cpus, max(1, int(quota + 0.5)))
     return max(1, cpus)
+
+
+def _affinity_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _cgroup_quota() -> float | None:
@@ -122,9 +126,10 @@ def configure_cpu(threads: int | None = None, *, reserve: int = 0) -> int:
         tune_cpu_allocator()
         _configured = _threads_from_env() or available_cpus()
         return _configured
-    if threads is None:
-        threads = _threads_from_env() or max(1, available_cpus() - max(0, int(reserve)))
-    threads = max(1, int(threads))
+    chosen = threads if threads is not None else _threads_from_env()
+    if chosen is None:
+        chosen = max(1, available_cpus() - max(0, int(reserve)))
+    threads = max(1, int(chosen))
     torch_loaded = "torch" in sys.modules
     if torch_loaded and "OMP_WAIT_POLICY" not in os.environ and _configured is None:
         log.warning(
@@ -134,8 +139,12 @@ def configure_cpu(threads: int | None = None, *, reserve: int = 0) -> int:
         )
     for name, value in _PASSIVE.items():
         os.environ.setdefault(name, value)
-    for name in _THREAD_VARS:
-        os.environ[name] = str(threads)
+    # Exported only when it differs from OpenMP's own default (one per CPU of the affinity
+    # mask): child processes inherit it, and Ray gives each worker its own count only when the
+    # driver's environment has none.
+    if threads != _affinity_cpus() or any(name in os.environ for name in _THREAD_VARS):
+        for name in _THREAD_VARS:
+            os.environ[name] = str(threads)
     if torch_loaded:
         import torch
 

@@ -134,3 +134,11 @@ def test_overlapped_stages_reraise_an_error_of_the_source():
     with pytest.raises(OSError, match="truncated"):  # items in flight are dropped: the run failed
         runtime.run_overlapped(("source", source()), [("sink", seen.append)])
     assert seen in ([], [1])
+
+
+def test_default_count_is_not_exported_so_ray_can_size_each_worker():
+    code = "import os, spatialdreamer.runtime as rt\nn = rt.configure_cpu()\nimport torch\n"
+    code += "print(n == torch.get_num_threads(), os.environ.get('OMP_NUM_THREADS'), rt.available_cpus())"
+    same, exported, cpus = _run(code).split()
+    assert same == "True"
+    assert exported == ("None" if int(cpus) == len(os.sched_getaffinity(0)) else cpus)
