@@ -1,18 +1,27 @@
-"""End-to-end conversion speed and peak memory for a short and a ten-times-longer video.
+"""End-to-end conversion speed, per-stage profile and peak memory, with and without a competing load.
 
-Renders one short synth scene, loops it forwards and backwards (smooth motion, no cuts) into
-videos of each length with an audio track, converts each in a fresh child process
-(``spatialdreamer.convert.convert_video``, the CLI's path) and prints frames/s and the child's
-peak RSS. Streaming decode → depth → warp → fill → encode should keep memory flat: the
-100 s video's peak should stay within 1.3x of the 10 s video's.
+Renders one short synth scene, loops it forwards and backwards (smooth motion, no cuts) into a
+video of each size and length with an audio track, converts each in a fresh child process
+(``spatialdreamer.convert.convert_video``, the CLI's path) and prints frames/s, the child's
+CPU seconds per frame, its peak RSS and the busy time of each stage per frame (the stages run
+overlapped, so the slowest one bounds the frame rate). Each child first loads the compiled
+kernels (a one-time cost per process, printed; not in frames/s). ``--loads 0 1`` repeats every run with
+one busy process spinning on a core beside it. ``--baseline DIR`` converts the same videos
+with another checkout's code (``DIR`` on ``PYTHONPATH``, OpenMP left at its defaults, as
+before the thread policy existed) for a before/after comparison in the same run. With two
+lengths, streaming should keep memory flat: the longer video's peak within 1.3x the shorter's.
 
-    python benchmarks/convert.py [--seconds 10 100] [--size 640x360] [--depth-model parallax]
+    python benchmarks/convert.py [--sizes 1280x720 1920x1080] [--seconds 10] [--loads 0 1]
 """
 
-from __future__ import annotations
+import spatialdreamer.runtime as _runtime
+
+if hasattr(_runtime, "configure_cpu"):  # absent in a --baseline checkout from before it existed
+    _runtime.configure_cpu()  # first, before torch loads
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -21,19 +30,37 @@ from pathlib import Path
 
 import torch
 
+STAGES = ("decode", "cuts", "depth", "warp", "fill", "compose", "encode")
+BUSY_LOOP = "while True:\n    pass\n"
+
 
 def _child(source: str, output: str, depth_model: str, fmt: str) -> dict:
     from spatialdreamer.convert import ConvertOptions, convert_video
     from spatialdreamer.runtime import peak_rss_mib, tune_cpu_allocator
 
     tune_cpu_allocator()
+    warm = time.perf_counter()
+    try:  # load the compiled kernels once (a one-time cost per process, ~1-3 s), outside the timing
+        from spatialdreamer.dvg import forward_warp
+        from spatialdreamer.stereo import fill_holes
+
+        tiny = forward_warp(torch.rand(1, 3, 8, 32), torch.full((1, 1, 8, 32), 3.0))
+        fill_holes(tiny.image, tiny.holes, tiny.disparity)
+    except ImportError:
+        pass
+    startup = time.perf_counter() - warm
     began = time.perf_counter()
+    cpu_began = time.process_time()
     report = convert_video(source, output, ConvertOptions(depth_model=depth_model, format=fmt))
     return {
         "frames": report.frames,
-        "seconds": time.perf_counter() - began,  # includes model load
+        "wall_seconds": time.perf_counter() - began,  # includes model load
+        "cpu_seconds": time.process_time() - cpu_began,
         "fps": report.fps,
+        "kernel_load_seconds": startup,
         "peak_rss_mib": peak_rss_mib(),
+        "stages": getattr(report, "stage_seconds", {}),
+        "threads": torch.get_num_threads(),
     }
 
 
@@ -47,46 +74,94 @@ def _looped_video(folder: Path, seconds: float, width: int, height: int, fps: fl
     frames = torch.stack([f["left"] for f in iter_frames(spec)])
     loop = torch.cat([frames, frames.flip(0)[1:-1]])
     tone = write_tone(folder / f"tone_{int(seconds)}s.wav", seconds)
-    path = folder / f"src_{int(seconds)}s.mp4"
+    path = folder / f"src_{width}x{height}_{int(seconds)}s.mp4"
     with VideoWriter(path, fps, audio_from=tone) as writer:
         for i in range(round(seconds * fps)):
             writer.write(loop[i % len(loop)][None])
     return path
 
 
+def _run(cmd: list[str], env: dict, busy: int) -> dict:
+    spinners = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(busy)]
+    try:
+        result = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def _print_row(r: dict) -> None:
+    line = f"{r['size']:>9} {r['seconds']:>5.0f}s {r['busy']:>4} {r['code']:>13} {r['fps']:>8.1f} "
+    line += f"{r['cpu_seconds'] / max(1, r['frames']):>7.3f} {r['peak_rss_mib']:>7.0f}"
+    if r["stages"]:
+        per_frame = [1000 * r["stages"].get(s, 0.0) / max(1, r["frames"]) for s in STAGES]
+        line += "                      " + " ".join(f"{v:>7.1f}" for v in per_frame)
+        line += f"   {r.get('kernel_load_seconds', 0.0):>6.1f}"
+    print(line, flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--seconds", type=float, nargs="+", default=[10.0, 100.0])
-    parser.add_argument("--size", default="640x360", help="WIDTHxHEIGHT of the source videos")
+    parser.add_argument("--sizes", nargs="+", default=["1280x720", "1920x1080"], help="WIDTHxHEIGHT")
+    parser.add_argument("--seconds", type=float, nargs="+", default=[10.0])
     parser.add_argument("--fps", type=float, default=24.0)
     parser.add_argument("--depth-model", default="parallax", help="parallax, or a hub id / local path")
     parser.add_argument("--format", default="full-sbs")
+    parser.add_argument("--loads", nargs="+", type=int, default=[0, 1], help="busy processes beside the run")
+    parser.add_argument("--baseline", metavar="DIR", help="another checkout to convert with, for comparison")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(_child(*args.child)))
         return
 
-    width, height = (int(v) for v in args.size.split("x"))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, depth {args.depth_model}")
-    print(f"{'video':>8} {'frames':>7} {'frames/s':>9} {'wall s':>8} {'peak RSS MiB':>13}")
-    peaks = []
+    load = os.getloadavg()
+    print(
+        f"torch {torch.__version__}, {os.cpu_count()} CPUs, depth {args.depth_model}, {args.format}; "
+        f"load average before: {load[0]:.1f} (1 min), {load[1]:.1f} (5 min)"
+    )
+    codes = {"this checkout": None} | ({"baseline": args.baseline} if args.baseline else {})
+    head = " ".join(f"{s:>7}" for s in STAGES)
+    print(
+        f"\n{'size':>9} {'video':>6} {'load':>4} {'code':>13} {'frames/s':>8} {'CPU s/f':>7} {'RSS MiB':>7}",
+        end="",
+    )
+    print(f"   ms/frame per stage: {head}   kernel load s", flush=True)
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for seconds in args.seconds:
-            source = _looped_video(Path(tmp), seconds, width, height, args.fps)
-            output = str(Path(tmp) / f"out_{int(seconds)}s.mp4")
-            cmd = [sys.executable, __file__, "--child", str(source), output, args.depth_model, args.format]
-            result = subprocess.run(cmd, check=True, capture_output=True, text=True)
-            r = json.loads(result.stdout.splitlines()[-1])
-            peaks.append(r["peak_rss_mib"])
-            print(
-                f"{seconds:>7.0f}s {r['frames']:>7d} {r['fps']:>9.1f} {r['seconds']:>8.1f} "
-                f"{r['peak_rss_mib']:>13.0f}"
-            )
-    if len(peaks) > 1:
-        print(f"peak RSS ratio, longest / shortest: {peaks[-1] / peaks[0]:.2f} (target <= 1.3)")
+        for size in args.sizes:
+            width, height = (int(v) for v in size.split("x"))
+            for seconds in args.seconds:
+                source = _looped_video(Path(tmp), seconds, width, height, args.fps)
+                for busy in args.loads:
+                    for code, root in codes.items():
+                        env = dict(os.environ)
+                        if root is not None:
+                            env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+                            env["SPATIALDREAMER_THREAD_POLICY"] = "default"
+                        output = str(Path(tmp) / f"out_{len(rows)}.mp4")
+                        cmd = [sys.executable, __file__, "--child", str(source), output]
+                        r = _run([*cmd, args.depth_model, args.format], env, busy)
+                        rows.append({"size": size, "seconds": seconds, "busy": busy, "code": code} | r)
+                        _print_row(rows[-1])
+                        Path(output).unlink(missing_ok=True)
+    for size in args.sizes:
+        for code in codes:
+            mine = [r for r in rows if r["size"] == size and r["code"] == code]
+            by_load = {b: [r["fps"] for r in mine if r["busy"] == b] for b in args.loads}
+            if len(args.loads) > 1 and all(by_load.values()):
+                worst = min(min(v) for v in by_load.values()) / max(max(v) for v in by_load.values())
+                print(f"{size} {code}: frames/s with load / without: {worst:.2f} (target >= 0.5)")
+            if len(args.seconds) > 1:
+                peaks = [r["peak_rss_mib"] for r in mine if r["busy"] == args.loads[0]]
+                ratio = peaks[-1] / peaks[0]
+                print(f"{size} {code}: peak RSS, longest / shortest video: {ratio:.2f} (target <= 1.3)")
+    load = os.getloadavg()
+    print(f"load average after: {load[0]:.1f} (1 min), {load[1]:.1f} (5 min)")
 
 
 if __name__ == "__main__":

@@ -1,31 +1,54 @@
-"""Forward-warp speed, peak memory and quality, against a sort-based z-ordered splat.
+"""Forward-warp speed with and without a competing CPU load, peak memory and quality.
 
-Prints frames/s and peak memory of ``spatialdreamer.dvg.forward_warp`` at 1920x1080 and
-960x540 on the CPU (and CUDA when present), next to a reference that does what sort-based
-warpers do (sort every pixel by depth, copy far-to-near to the floor/ceil target columns so
-the nearest wins). Quality (PSNR on visible pixels, hole IoU) is measured on a synth scene
-with exact ground truth. Each memory figure comes from a fresh child process.
+Each configuration runs in a fresh child process that times every method on the same frames
+(synth scene, disparity scaled to 5 % of the width: 96 px at 1920x1080), median of
+``--repeats``:
 
-    python benchmarks/warp.py [--repeats 10] [--sizes 1920x1080 960x540]
+- ``ours``: ``spatialdreamer.dvg.forward_warp`` as the library runs it on a CPU (the compiled
+  row kernel);
+- ``ours, torch ops``: the same algorithm as torch ops (``backend="torch"``), the code the CUDA
+  path runs, and what ran on CPUs before the compiled kernel;
+- ``iw3``: nunif iw3's ``apply_divergence_forward_warp`` (``forward_fill``, right view, same
+  disparity), only with ``--iw3 PATH`` to a nunif checkout (not a dependency; the row is left
+  out without it);
+- ``sorted splat``: a numpy reference doing what sort-based warpers do.
+
+Thread policies: ``configured`` is what the CLI and jobs apply (``spatialdreamer.runtime``:
+passive OpenMP waiting, one thread per usable core); ``default`` leaves OpenMP as it is. Loads:
+``0`` = as the machine is, ``1`` = plus one busy process spinning on a core beside the
+measurement. The machine's load average is printed: on a shared machine "no load" is not idle.
+
+    python benchmarks/warp.py [--repeats 10] [--sizes 1920x1080 960x540] [--iw3 ~/nunif]
 """
 
-from __future__ import annotations
+from spatialdreamer.runtime import configure_cpu
+
+configure_cpu()  # first, before torch loads (children of the "default" policy opt out by env)
 
 import argparse
+import importlib.util
 import json
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from spatialdreamer.dvg import forward_warp
-from spatialdreamer.runtime import peak_rss_mib, tune_cpu_allocator
+from spatialdreamer.runtime import peak_rss_mib
 from spatialdreamer.synth import make_scene
+
+POLICIES = {
+    "configured": {},
+    "default": {"SPATIALDREAMER_THREAD_POLICY": "default"},
+}
+BUSY_LOOP = "while True:\n    pass\n"
 
 
 def sorted_splat_warp(image: np.ndarray, disparity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -45,14 +68,35 @@ def sorted_splat_warp(image: np.ndarray, disparity: np.ndarray) -> tuple[np.ndar
     return out.T.reshape(c, h, w), ~written.reshape(h, w)
 
 
-def _inputs(width: int, height: int, device: str):
+def load_iw3(root: str):
+    """nunif's ``iw3/forward_warp.py`` from a checkout, without running its packages' heavy
+    ``__init__`` files (it needs only ``nunif/modules/replication_pad2d.py`` besides torch)."""
+    root_path = Path(root).expanduser()
+    for name in ("nunif", "nunif.modules"):
+        sys.modules.setdefault(name, types.ModuleType(name))
+    module = None
+    for name, rel in (
+        ("nunif.modules.replication_pad2d", "nunif/modules/replication_pad2d.py"),
+        ("iw3_forward_warp", "iw3/forward_warp.py"),
+    ):
+        path = root_path / rel
+        if not path.is_file():
+            raise SystemExit(f"--iw3 {root}: {rel} not found (pass the root of a nunif checkout)")
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return module
+
+
+def _inputs(width: int, height: int) -> tuple[torch.Tensor, torch.Tensor]:
     scene = make_scene(0, height=height, width=width, frames=1)
-    return scene, scene.left.to(device), scene.disparity.to(device)
+    disparity = scene.disparity / scene.disparity.max() * (0.05 * width)
+    return scene.left.contiguous(), disparity.contiguous()
 
 
-def _time(fn, repeats: int, device: str) -> float:
-    for _ in range(2):
-        fn()
+def _time(fn, repeats: int, device: str = "cpu") -> float:
+    fn()  # warm-up (and the kernel's compilation or cache load)
     times = []
     for _ in range(repeats):
         if device == "cuda":
@@ -65,30 +109,55 @@ def _time(fn, repeats: int, device: str) -> float:
     return statistics.median(times)
 
 
-def _child(method: str, inputs: str, device: str, repeats: int) -> dict:
-    if method != "ours-default-malloc":
-        tune_cpu_allocator()
-    saved = torch.load(inputs, weights_only=True)
-    image, disparity = saved["image"].to(device), saved["disparity"].to(device)
-    base_rss = peak_rss_mib()
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    if method.startswith("ours"):
-        seconds = _time(lambda: forward_warp(image, disparity), repeats, device)
-    else:
+def _methods(image, disparity, iw3, device="cpu"):
+    width = image.shape[-1]
+    max_disparity = 0.05 * width
+    yield "ours", lambda: forward_warp(image, disparity)
+    if device == "cpu":
+        yield "ours, torch ops", lambda: forward_warp(image, disparity, backend="torch")
         img, disp = image[0].numpy(), disparity[0, 0].numpy()
-        seconds = _time(lambda: sorted_splat_warp(img, disp), repeats, device)
-    result = {"seconds": seconds, "peak_cpu_mib": peak_rss_mib() - base_rss}
-    if device == "cuda":
-        result["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
-    return result
+        yield "sorted splat", lambda: sorted_splat_warp(img, disp)
+        if iw3 is not None:
+            depth = disparity / max_disparity
+            divergence = 100.0 * max_disparity / width  # right view only: shift = depth * divergence% * W
+            yield (
+                "iw3",
+                lambda: iw3.apply_divergence_forward_warp(
+                    image, depth, divergence, 0.0, method="forward_fill", synthetic_view="right"
+                ),
+            )
+
+
+def _child(inputs: list[str], repeats: int, iw3_path: str | None, iw3_repeats: int) -> dict:
+    iw3 = load_iw3(iw3_path) if iw3_path else None
+    out = {"threads": torch.get_num_threads(), "rows": []}
+    for path in inputs:
+        saved = torch.load(path, weights_only=True)
+        size = Path(path).stem
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        for device in devices:
+            image, disparity = saved["image"].to(device), saved["disparity"].to(device)
+            for name, fn in _methods(image, disparity, iw3, device):
+                seconds = _time(fn, iw3_repeats if name == "iw3" else repeats, device)
+                out["rows"].append({"size": size, "device": device, "method": name, "seconds": seconds})
+    return out
+
+
+def _child_memory(path: str, method: str) -> float:
+    saved = torch.load(path, weights_only=True)
+    image, disparity = saved["image"], saved["disparity"]
+    fn = dict(_methods(image, disparity, None))[method]
+    base = peak_rss_mib()
+    fn()
+    fn()
+    return peak_rss_mib() - base
 
 
 def _quality(width: int, height: int) -> dict:
-    scene, image, disparity = _inputs(width, height, "cpu")
+    scene = make_scene(0, height=height, width=width, frames=1)
     truth_holes = scene.occlusion[0, 0]
-    ours = forward_warp(image, disparity)
-    ref_img, ref_holes = sorted_splat_warp(image[0].numpy(), disparity[0, 0].numpy())
+    ours = forward_warp(scene.left, scene.disparity)
+    ref_img, ref_holes = sorted_splat_warp(scene.left[0].numpy(), scene.disparity[0, 0].numpy())
     result = {}
     for name, img, holes in (
         ("ours", ours.image[0], ours.holes[0, 0]),
@@ -128,47 +197,102 @@ def _real_quality() -> dict | None:
     return result
 
 
+def _child_env(policy: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "KMP_BLOCKTIME")}
+    if policy == "default":
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env.pop(name, None)
+    return env | POLICIES[policy]
+
+
+def run_child(args: list[str], policy: str, busy: int) -> dict:
+    """Run ``benchmarks/warp.py ARGS`` in a fresh process, with ``busy`` spinning processes beside it."""
+    spinners = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(busy)]
+    try:
+        cmd = [sys.executable, __file__, *args]
+        done = subprocess.run(cmd, check=True, capture_output=True, text=True, env=_child_env(policy))
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+    return json.loads(done.stdout.splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--sizes", nargs="+", default=["1920x1080", "960x540"])
-    parser.add_argument(
-        "--child", nargs=4, metavar=("METHOD", "INPUTS", "DEVICE", "REPEATS"), help=argparse.SUPPRESS
-    )
+    parser.add_argument("--iw3", metavar="PATH", help="a nunif checkout: time iw3 in the same process")
+    parser.add_argument("--iw3-repeats", type=int, default=3)
+    parser.add_argument("--policies", nargs="+", choices=sorted(POLICIES), default=["configured", "default"])
+    parser.add_argument("--loads", nargs="+", type=int, default=[0, 1], help="busy processes beside the run")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--child-memory", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        method, inputs, device, repeats = args.child
-        print(json.dumps(_child(method, inputs, device, int(repeats))))
+        print(json.dumps(_child(args.child, args.repeats, args.iw3, args.iw3_repeats)))
+        return
+    if args.child_memory:
+        print(json.dumps(_child_memory(*args.child_memory)))
         return
 
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, devices: {', '.join(devices)}")
-    print("peak MiB: growth of the process's peak RSS (CPU) or peak allocated CUDA memory while warping")
+    load_before = os.getloadavg()
     print(
-        "ours = with the allocator tuning that the CLI and jobs apply (spatialdreamer.runtime); "
-        "default-malloc = without"
+        f"torch {torch.__version__}, {os.cpu_count()} CPUs, cuda: {torch.cuda.is_available()}; "
+        f"load average before: {load_before[0]:.1f} (1 min), {load_before[1]:.1f} (5 min)"
     )
-    print(f"{'size':>10} {'device':>6} {'method':>19} {'ms/frame':>9} {'frames/s':>9} {'peak MiB':>9}")
+    if not args.iw3:
+        print("iw3: not timed (pass --iw3 PATH to a nunif checkout to time it in the same process)")
     tmp = tempfile.TemporaryDirectory()
+    inputs = []
     for size in args.sizes:
         w, h = map(int, size.split("x"))
-        # inputs are rendered here so that the children's peak memory is the warp's alone
-        _, image, disparity = _inputs(w, h, "cpu")
-        inputs = str(Path(tmp.name) / f"{size}.pt")
-        torch.save({"image": image, "disparity": disparity}, inputs)
-        for device in devices:
-            for method in ("ours", "ours-default-malloc", "sorted_splat") if device == "cpu" else ("ours",):
-                cmd = [sys.executable, __file__, "--child", method, inputs, device, str(args.repeats)]
-                r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
-                peak = r.get("peak_gpu_mib", r["peak_cpu_mib"])
-                print(
-                    f"{size:>10} {device:>6} {method:>19} {r['seconds'] * 1000:9.1f} "
-                    f"{1 / r['seconds']:9.2f} {peak:9.1f}"
-                )
+        image, disparity = _inputs(w, h)
+        inputs.append(str(Path(tmp.name) / f"{size}.pt"))
+        torch.save({"image": image, "disparity": disparity}, inputs[-1])
+    child_args = ["--repeats", str(args.repeats), "--iw3-repeats", str(args.iw3_repeats)]
+    child_args += ["--iw3", args.iw3] if args.iw3 else []
+    results = {}
+    for policy in args.policies:
+        for busy in args.loads:
+            r = run_child([*child_args, "--child", *inputs], policy, busy)
+            for row in r["rows"]:
+                results[(row["size"], row["device"], row["method"], policy, busy)] = row["seconds"]
+            print(f"  measured: policy {policy}, {busy} busy process(es), {r['threads']} intra-op threads")
+
+    loads = args.loads
+    head = " ".join(f"{f'ms, load {b}':>10}" for b in loads)
+    print(f"\n{'size':>9} {'device':>6} {'method':>16} {'policy':>10} {head} {'worst/best':>10}", end="")
+    print(" vs iw3 (x faster)" if args.iw3 else "")
+    keys = sorted({k[:3] for k in results}, key=lambda k: (args.sizes.index(k[0]), k[1]))
+    order = ["ours", "ours, torch ops", "iw3", "sorted splat"]
+    keys.sort(key=lambda k: (args.sizes.index(k[0]), k[1], order.index(k[2])))
+    for size, device, method in keys:
+        for policy in args.policies:
+            times = [results.get((size, device, method, policy, b)) for b in loads]
+            if any(t is None for t in times):
+                continue
+            line = f"{size:>9} {device:>6} {method:>16} {policy:>10} "
+            line += " ".join(f"{t * 1000:10.1f}" for t in times)
+            line += f" {max(times) / min(times):10.2f}"
+            if args.iw3 and device == "cpu":
+                iw3 = [results.get((size, device, "iw3", policy, b)) for b in loads]
+                if all(iw3):
+                    line += " " + " ".join(f"{i / t:8.1f}" for i, t in zip(iw3, times, strict=True))
+            print(line)
+
+    if not args.no_memory:
+        print("\npeak MiB (growth of a fresh process's peak RSS over two warps, configured policy, no load):")
+        for size, path in zip(args.sizes, inputs, strict=True):
+            for method in ("ours", "ours, torch ops", "sorted splat"):
+                mib = run_child(["--child-memory", path, method], "configured", 0)
+                print(f"  {size:>9} {method:>16} {mib:8.0f}")
+
     w, h = map(int, args.sizes[-1].split("x"))
-    print(f"quality on a synth scene at {w}x{h} (exact ground truth):")
+    print(f"\nquality on a synth scene at {w}x{h} (exact ground truth):")
     for name, q in _quality(w, h).items():
         print(
             f"  {name:>13}: PSNR on visible pixels {q['psnr_visible']:.2f} dB, hole IoU {q['hole_iou']:.3f}"
@@ -180,6 +304,8 @@ def main() -> None:
         print("quality on a real stereo photo (Middlebury 2014 Motorcycle, 741x500, true disparity):")
         for name, value in real.items():
             print(f"  {name:>13}: PSNR on pixels both warps cover {value:.2f} dB")
+    load_after = os.getloadavg()
+    print(f"load average after: {load_after[0]:.1f} (1 min), {load_after[1]:.1f} (5 min)")
 
 
 if __name__ == "__main__":

@@ -132,6 +132,21 @@ def _probe(target: str, mode: str) -> None:
         raise ClusterConnectionError(f"could not reach the Ray cluster at {target}: {first}") from exc
 
 
+def _with_thread_policy(runtime_env: dict | None) -> dict:
+    """``runtime_env`` plus the workers' CPU thread policy (``spatialdreamer.runtime``), leaving
+    out variables a submitted job already sets (Ray refuses to merge the same key twice)."""
+    import json
+
+    from spatialdreamer.runtime import worker_env
+
+    runtime_env = dict(runtime_env or {})
+    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}") or "{}")
+    taken = set((job.get("runtime_env") or {}).get("env_vars") or {})
+    mine = dict(runtime_env.get("env_vars") or {})
+    runtime_env["env_vars"] = {k: v for k, v in worker_env().items() if k not in taken} | mine
+    return runtime_env
+
+
 def connect(address: str | None = None, **init_kwargs: Any) -> ModuleType:
     """Start or join Ray once per process; returns the ``ray`` module.
 
@@ -150,6 +165,7 @@ def connect(address: str | None = None, **init_kwargs: Any) -> ModuleType:
         source = token_source() if mode == "token" else None
         log.info("joining Ray at %s (auth %s%s)", target, mode, f", token from {source}" if source else "")
         _probe(target, mode)
+    init_kwargs["runtime_env"] = _with_thread_policy(init_kwargs.get("runtime_env"))
     try:
         ray.init(address=target, **init_kwargs)
     except ray.exceptions.AuthenticationError as exc:

@@ -210,3 +210,70 @@ def test_noisy_disparity_keeps_scratch_memory_bounded():
     """Every pixel a depth edge: the work must stay linear in the number of pixels."""
     out = forward_warp(torch.rand(1, 3, 64, 256), torch.rand(1, 1, 64, 256) * 40)
     assert out.holes.any() and (~out.holes).any()
+
+
+def _assert_same_warp(a, b):
+    for name in ("image", "holes", "disparity", "source_x"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.dtype == y.dtype and torch.equal(x, y), f"{name} differs"
+
+
+def _random_rows(seed, smooth):
+    g = torch.Generator().manual_seed(seed)
+    img = torch.rand(2, 3, 12, 257, generator=g)
+    disparity = torch.rand(2, 1, 12, 257, generator=g) * 40
+    if smooth:  # slanted surfaces with a few depth edges, as in real footage
+        disparity = torch.nn.functional.avg_pool2d(disparity, (1, 9), 1, (0, 4)) * 3
+    valid = torch.rand(2, 1, 12, 257, generator=g) > 0.1
+    return img, disparity, valid
+
+
+@pytest.mark.parametrize("towards", ["right", "left"])
+@pytest.mark.parametrize("smooth", [False, True])
+@pytest.mark.parametrize("with_valid", [False, True])
+def test_compiled_cpu_kernel_equals_the_torch_ops_bit_for_bit(towards, smooth, with_valid):
+    pytest.importorskip("numba")
+    for seed in range(3):
+        img, disparity, valid = _random_rows(seed, smooth)
+        kwargs = {"towards": towards, "valid": valid if with_valid else None}
+        _assert_same_warp(
+            forward_warp(img, disparity, backend="torch", **kwargs),
+            forward_warp(img, disparity, backend="compiled", **kwargs),
+        )
+
+
+@pytest.mark.parametrize("edge_threshold", [0.25, 1.0])
+def test_compiled_cpu_kernel_equals_the_torch_ops_on_synth_scenes(scenes, edge_threshold):
+    pytest.importorskip("numba")
+    for scene in scenes:
+        for towards in ("right", "left"):
+            kwargs = {"towards": towards, "edge_threshold": edge_threshold}
+            _assert_same_warp(
+                forward_warp(scene.left, scene.disparity, backend="torch", **kwargs),
+                forward_warp(scene.left, scene.disparity, backend="compiled", **kwargs),
+            )
+
+
+def test_compiled_cpu_kernel_gives_the_same_result_on_any_number_of_threads(scenes):
+    pytest.importorskip("numba")
+    from spatialdreamer.dvg import _warp_kernel
+
+    img = torch.cat([s.left for s in scenes])  # 12 frames: enough rows to be split
+    disparity = torch.cat([s.disparity for s in scenes])
+    one = _warp_kernel.warp_rows_cpu(img, disparity, None, 1.0, False, threads=1)
+    three = _warp_kernel.warp_rows_cpu(img, disparity, None, 1.0, False, threads=3)
+    for a, b in zip(one, three, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_auto_backend_keeps_gradients_and_other_dtypes_on_the_torch_ops():
+    img = torch.rand(1, 3, 4, 16, requires_grad=True)
+    out = forward_warp(img, torch.full((1, 1, 4, 16), 1.5))
+    out.image.sum().backward()  # the torch ops are differentiable in the image
+    assert img.grad is not None and float(img.grad.abs().sum()) > 0
+    with pytest.raises(ValueError, match="float32"):
+        forward_warp(
+            torch.rand(1, 3, 4, 16, dtype=torch.float64), torch.ones(1, 1, 4, 16), backend="compiled"
+        )
+    with pytest.raises(ValueError, match="backend"):
+        forward_warp(torch.rand(1, 3, 4, 16), torch.ones(1, 1, 4, 16), backend="numba")

@@ -53,3 +53,13 @@ def test_pixels_without_ground_truth_never_land_in_the_warp(motorcycle):
     marked[:, :, ~valid[0, 0]] = 5.0  # a value no valid pixel has
     out = forward_warp(marked, disparity, valid=valid)
     assert float(out.image.max()) <= 1.0
+
+
+def test_compiled_kernel_and_torch_ops_agree_on_a_real_photo(motorcycle):
+    pytest.importorskip("numba")
+    left, _, disparity, valid = motorcycle
+    for towards in ("right", "left"):
+        ops = forward_warp(left, disparity, valid=valid, towards=towards, backend="torch")
+        compiled = forward_warp(left, disparity, valid=valid, towards=towards, backend="compiled")
+        for name in ("image", "holes", "disparity", "source_x"):
+            assert torch.equal(getattr(ops, name), getattr(compiled, name)), name

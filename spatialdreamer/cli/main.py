@@ -15,7 +15,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from spatialdreamer.runtime import tune_cpu_allocator
+from spatialdreamer.runtime import configure_cpu
 
 log = logging.getLogger("spatialdreamer")
 
@@ -58,6 +58,11 @@ def _add_convert(sub) -> None:
     p.add_argument(
         "--crf", type=int, default=17, help="quality, lower is better (default 17, visually lossless)"
     )
+    p.add_argument(
+        "--preset",
+        default="veryfast",
+        help="x264/x265 speed preset (default veryfast; slower presets make smaller files at the same CRF)",
+    )
     p.add_argument("--no-inpaint", action="store_true", help="fill holes by propagation only (faster)")
     p.add_argument(
         "--refiner",
@@ -91,6 +96,7 @@ def _run_convert(args) -> int:
         codec=args.codec,
         crf=args.crf,
         inpaint=not args.no_inpaint,
+        preset=args.preset,
         refiner=args.refiner,
         refiner_steps=args.refiner_steps,
     )
@@ -259,12 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    configure_cpu()  # first: before building the parser loads torch (see spatialdreamer.runtime)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    tune_cpu_allocator()
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

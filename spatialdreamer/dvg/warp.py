@@ -20,6 +20,8 @@ from typing import Literal
 
 import torch
 
+from spatialdreamer.dvg import _warp_kernel
+
 __all__ = ["WarpResult", "forward_warp"]
 
 
@@ -70,6 +72,7 @@ def forward_warp(
     valid: torch.Tensor | None = None,
     towards: Literal["right", "left"] = "right",
     edge_threshold: float = 1.0,
+    backend: Literal["auto", "torch", "compiled"] = "auto",
 ) -> WarpResult:
     """Warp ``image`` to the other eye with a depth-ordered, sub-pixel forward splat.
 
@@ -83,6 +86,10 @@ def forward_warp(
         towards: which eye the output is for (see ``disparity``).
         edge_threshold: disparity step in pixels, in ``(0, 1]``, above which two neighbours
             are on different surfaces (a depth edge) rather than one slanted surface.
+        backend: ``"auto"`` runs the compiled row kernel for float32 CPU tensors that need no
+            gradient (when numba is installed) and the torch ops otherwise (CUDA, other
+            dtypes); ``"torch"`` forces the torch ops; ``"compiled"`` requires the kernel and
+            raises if it cannot run. Both give bit-identical results.
 
     Returns:
         :class:`WarpResult` with ``.image``, ``.holes``, ``.disparity`` and ``.source_x``.
@@ -96,6 +103,15 @@ def forward_warp(
     _check_inputs(image, disparity, valid)
     if not 0.0 < edge_threshold <= 1.0:
         raise ValueError(f"edge_threshold must be in (0, 1], got {edge_threshold}")
+    if towards not in ("right", "left"):
+        raise ValueError(f"towards must be 'right' or 'left', got {towards!r}")
+    if backend not in ("auto", "torch", "compiled"):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'compiled', got {backend!r}")
+    if backend != "torch" and _compiled_applies(image, disparity, backend == "compiled"):
+        out_image, holes, out_disparity, source_x = _warp_kernel.warp_rows_cpu(
+            image, disparity.float(), valid, edge_threshold, flip=towards == "left"
+        )
+        return WarpResult(out_image, holes, out_disparity.to(disparity.dtype), source_x)
     if towards == "left":
         flipped = _warp_in_row_blocks(
             image.flip(-1), disparity.flip(-1), None if valid is None else valid.flip(-1), edge_threshold
@@ -104,9 +120,22 @@ def forward_warp(
             *(t.flip(-1) for t in (flipped.image, flipped.holes, flipped.disparity)),
             source_x=_mirror_source_x(flipped.source_x, image.shape[-1]),
         )
-    if towards != "right":
-        raise ValueError(f"towards must be 'right' or 'left', got {towards!r}")
     return _warp_in_row_blocks(image, disparity, valid, edge_threshold)
+
+
+def _compiled_applies(image: torch.Tensor, disparity: torch.Tensor, required: bool) -> bool:
+    reason = None
+    if image.device.type != "cpu":
+        reason = f"it runs on the CPU, the tensors are on {image.device}"
+    elif image.dtype != torch.float32:
+        reason = f"it takes float32 images, got {image.dtype}"
+    elif torch.is_grad_enabled() and (image.requires_grad or disparity.requires_grad):
+        reason = "it gives no gradient"
+    elif not _warp_kernel.available():
+        reason = _warp_kernel.unavailable_reason()
+    if reason is not None and required:
+        raise ValueError(f"backend='compiled' cannot run: {reason}")
+    return reason is None
 
 
 _BLOCK_PIXELS = 1 << 19
@@ -195,11 +224,10 @@ def _warp_leftwards(
     i0 = x0.long().unsqueeze(1)
     i1 = (i0 + 1).clamp_(max=w - 1)
     stacked = torch.cat([image, disparity.to(image.dtype)], 1)
-    out = torch.lerp(
-        stacked.gather(-1, i0.expand(b, c + 1, h, w)),
-        stacked.gather(-1, i1.expand(b, c + 1, h, w)),
-        frac.to(stacked.dtype),
-    )
+    # a + f * (b - a) as three separate ops (not torch.lerp, whose CPU kernel fuses a
+    # multiply-add): every backend then rounds the same way, the compiled kernel included
+    g0 = stacked.gather(-1, i0.expand(b, c + 1, h, w))
+    out = g0 + frac.to(stacked.dtype) * (stacked.gather(-1, i1.expand(b, c + 1, h, w)) - g0)
     holes = ~seen | _layered_holes(d, p, step, tau, source_x, out[:, c].float(), valid)
     out.masked_fill_(holes.unsqueeze(1), 0)
     return WarpResult(

@@ -1,0 +1,52 @@
+"""The compiled CPU path of the classical hole fill equals its torch ops."""
+
+import pytest
+import torch
+
+from spatialdreamer.dvg import forward_warp
+from spatialdreamer.stereo import _fill_kernel, fill_holes
+
+pytest.importorskip("numba")
+
+
+def _fast_and_torch(monkeypatch, *args, **kwargs):
+    fast = fill_holes(*args, **kwargs)
+    with monkeypatch.context() as m:
+        m.setattr(_fill_kernel, "available", lambda: False)
+        ops = fill_holes(*args, **kwargs)
+    return fast, ops
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("guard", [0, 2, 5])
+@pytest.mark.parametrize("with_disparity", [True, False])
+def test_compiled_fill_equals_the_torch_ops_on_warped_scenes(
+    scenes, monkeypatch, side, guard, with_disparity
+):
+    for scene in scenes:
+        warped = forward_warp(scene.left, scene.disparity)
+        disparity = warped.disparity if with_disparity else None
+        fast, ops = _fast_and_torch(
+            monkeypatch, warped.image, warped.holes, disparity, background_side=side, guard=guard
+        )
+        assert torch.equal(fast, ops)
+
+
+def test_compiled_fill_equals_the_torch_ops_on_noise_out_of_range_values_and_empty_rows(monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(3, 3, 20, 50, generator=g) * 1.2 - 0.1
+    holes = torch.rand(3, 1, 20, 50, generator=g) > 0.6
+    holes[0, 0, 3] = True  # a row without any valid pixel: filled with the frame's mean colour
+    disparity = torch.rand(3, 1, 20, 50, generator=g) * 10
+    for d in (disparity, None):
+        fast, ops = _fast_and_torch(monkeypatch, image, holes, d)
+        assert torch.equal(fast, ops)
+
+
+def test_compiled_fill_keeps_valid_pixels_and_fills_every_hole(scenes):
+    scene = scenes[0]
+    warped = forward_warp(scene.left, scene.disparity)
+    out = fill_holes(warped.image, warped.holes, warped.disparity)
+    keep = ~warped.holes.expand_as(out)
+    assert torch.equal(out[keep], warped.image[keep])
+    assert float(out[~keep].min()) >= 0.0 and float(out[~keep].max()) <= 1.0
