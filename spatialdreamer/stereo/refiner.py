@@ -41,6 +41,9 @@ def load_refiner_pipeline(
             f"--refiner {path}: not a SpatialDreamer pipeline folder (no model_index.json); pass the "
             "pipeline/ folder that `python -m pipelines.train` writes, or a Hugging Face id"
         )
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.disable_progress_bar()  # "Loading pipeline components": noise for a CLI
     try:
         pipe = SpatialDreamerPipeline.from_pretrained(
             local, **({"torch_dtype": torch_dtype} if torch_dtype else {})
@@ -48,6 +51,8 @@ def load_refiner_pipeline(
     except Exception as exc:  # hub errors, bad folders, wrong classes: all one line for the user
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RefinerError(f"--refiner {path}: could not load the pipeline ({reason})") from exc
+    finally:
+        diffusers_logging.enable_progress_bar()
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
