@@ -62,3 +62,18 @@ def bad_videos(media_dir, video_with_audio):
     files["truncated"] = media_dir / "truncated.mp4"
     files["truncated"].write_bytes(data[: len(data) // 2])
     return files
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory):
+    """A saved tiny SpatialDreamerPipeline (random weights, latent space calibrated)."""
+    import torch
+
+    from spatialdreamer.models import build_pipeline
+    from spatialdreamer.models.autoencoder import calibrate_latent_scale
+
+    pipe = build_pipeline("tiny", seed=0)
+    calibrate_latent_scale(pipe.vae, torch.rand(2, 3, 32, 48, generator=torch.Generator().manual_seed(0)))
+    path = tmp_path_factory.mktemp("tiny_pipeline") / "pipeline"
+    pipe.save_pretrained(path)
+    return path

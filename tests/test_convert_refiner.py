@@ -2,22 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from spatialdreamer.cli.main import main
-from spatialdreamer.models import build_pipeline
-from spatialdreamer.models.autoencoder import calibrate_latent_scale
 from spatialdreamer.video import probe_video, stream_frames
-
-
-@pytest.fixture(scope="module")
-def tiny_pipeline(tmp_path_factory):
-    pipe = build_pipeline("tiny", seed=0)
-    calibrate_latent_scale(pipe.vae, torch.rand(2, 3, 32, 48))
-    path = tmp_path_factory.mktemp("convert_refiner") / "pipeline"
-    pipe.save_pretrained(path)
-    return path
 
 
 def _frames(path) -> torch.Tensor:
@@ -25,12 +13,20 @@ def _frames(path) -> torch.Tensor:
 
 
 def test_refiner_converts_every_frame_with_audio_and_generates_the_holes(
-    video_with_audio, tiny_pipeline, tmp_path, capsys
+    video_with_audio, tiny_pipeline_dir, tmp_path, capsys
 ):
     common = ["convert", str(video_with_audio), "--depth-model", "parallax", "--quiet", "--budget", "6"]
     classical, refined = tmp_path / "classical.mp4", tmp_path / "refined.mp4"
     assert main([*common[:2], str(classical), *common[2:], "--no-inpaint"]) == 0
-    args = [*common[:2], str(refined), *common[2:], "--refiner", str(tiny_pipeline), "--refiner-steps", "2"]
+    args = [
+        *common[:2],
+        str(refined),
+        *common[2:],
+        "--refiner",
+        str(tiny_pipeline_dir),
+        "--refiner-steps",
+        "2",
+    ]
     assert main([*args, "--chunk", "12"]) == 0
     assert "wrote" in capsys.readouterr().out
     info, source = probe_video(refined), probe_video(video_with_audio)

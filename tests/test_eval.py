@@ -53,15 +53,6 @@ def bench(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tiny_pipeline_dir(tmp_path_factory):
-    from spatialdreamer.models import build_pipeline
-
-    path = tmp_path_factory.mktemp("tiny_pipeline")
-    build_pipeline("tiny", seed=0).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def predictions(bench, tmp_path_factory):
     """Every weight-free baseline run on the benchmark by the predict stage (no Ray)."""
     out = tmp_path_factory.mktemp("eval_out")

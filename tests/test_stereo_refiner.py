@@ -6,19 +6,8 @@ import pytest
 import torch
 
 from spatialdreamer.dvg import forward_warp
-from spatialdreamer.models import build_pipeline
-from spatialdreamer.models.autoencoder import calibrate_latent_scale
 from spatialdreamer.stereo.refiner import RefinerError, StreamingRefiner, load_refiner_pipeline
 from spatialdreamer.synth import make_scene
-
-
-@pytest.fixture(scope="module")
-def pipe_dir(tmp_path_factory):
-    pipe = build_pipeline("tiny", seed=0)
-    calibrate_latent_scale(pipe.vae, torch.rand(2, 3, 32, 48))
-    path = tmp_path_factory.mktemp("refiner") / "pipeline"
-    pipe.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +29,8 @@ def _run(refiner: StreamingRefiner, stream, sizes: list[int]) -> torch.Tensor:
     return torch.cat(out)
 
 
-def test_every_frame_comes_out_once_in_order_with_holes_filled_and_the_rest_kept(pipe_dir, stream):
-    pipe = load_refiner_pipeline(str(pipe_dir))
+def test_every_frame_comes_out_once_in_order_with_holes_filled_and_the_rest_kept(tiny_pipeline_dir, stream):
+    pipe = load_refiner_pipeline(str(tiny_pipeline_dir))
     refiner = StreamingRefiner(pipe, steps=2, overlap=1)
     out = _run(refiner, stream, [3, 2, 2])
     rendered, holes, _ = stream
@@ -53,9 +42,9 @@ def test_every_frame_comes_out_once_in_order_with_holes_filled_and_the_rest_kept
     torch.testing.assert_close(again, out)  # seeded: reproducible
 
 
-def test_chunk_boundaries_are_blended_not_cut(pipe_dir, stream):
+def test_chunk_boundaries_are_blended_not_cut(tiny_pipeline_dir, stream):
     """The frame shared by two chunks is a blend of both runs, so it differs from either alone."""
-    pipe = load_refiner_pipeline(str(pipe_dir))
+    pipe = load_refiner_pipeline(str(tiny_pipeline_dir))
     rendered, holes, left = stream
     blended = _run(StreamingRefiner(pipe, steps=2, overlap=1), stream, [4, 3])
     first = StreamingRefiner(pipe, steps=2, overlap=0).push(rendered[:4], holes[:4], left[:4])
@@ -64,13 +53,13 @@ def test_chunk_boundaries_are_blended_not_cut(pipe_dir, stream):
     assert torch.equal(blended[:3], first[:3])  # before the overlap nothing changes
 
 
-def test_bad_refiner_paths_and_inputs_give_clear_errors(tmp_path, pipe_dir, stream):
+def test_bad_refiner_paths_and_inputs_give_clear_errors(tmp_path, tiny_pipeline_dir, stream):
     with pytest.raises(RefinerError, match="not a SpatialDreamer pipeline folder"):
         load_refiner_pipeline(str(tmp_path))
     (tmp_path / "model_index.json").write_text("{not json")
     with pytest.raises(RefinerError, match="could not load the pipeline"):
         load_refiner_pipeline(str(tmp_path))
-    refiner = StreamingRefiner(load_refiner_pipeline(str(pipe_dir)), steps=1)
+    refiner = StreamingRefiner(load_refiner_pipeline(str(tiny_pipeline_dir)), steps=1)
     rendered, holes, left = stream
     with pytest.raises(ValueError, match="holes"):
         refiner.push(rendered, holes[:, :, :-1], left)
