@@ -26,7 +26,8 @@ class WarpBackPair:
         warped: the other-eye view (zero in holes).
         warped_holes: its disocclusion holes.
         warped_disparity: the other eye's disparity (same sign convention as the input).
-        back: the round-trip view in the source eye (zero in holes); the model input.
+        back: the round-trip view in the source eye (zero in holes); the model's input once
+            its holes are pre-filled (:func:`spatialdreamer.models.reference.rendered_view`).
         back_holes: holes of the round trip; the region the model learns to fill.
         target: the source frame, the ground truth for ``back``.
     """

@@ -1,7 +1,8 @@
 """``SpatialDreamerPipeline``: refine rendered (forward-warped) frames into a complete view.
 
 Inputs are the rendered view of the target eye (e.g. the right view forward-warped from the
-left, zero in holes) with its hole masks, and the reference frames (the source view). The
+left, its holes pre-filled by :func:`~spatialdreamer.models.reference.rendered_view`) with its
+hole masks, and the reference frames (the source view). The
 pipeline encodes all three with the VAE, runs RefinerNet on the reference latents, samples the
 denoiser with reference fusion and consistency control, and decodes. Long videos run in
 overlapping temporal windows and large frames in overlapping latent tiles; each step's
