@@ -35,13 +35,8 @@ def _compile():
     global _kernel, _import_error
     if _kernel is not None or _import_error is not None:
         return _kernel
-    if os.environ.get("SPATIALDREAMER_WARP_KERNEL", "").lower() == "torch":
-        _import_error = "SPATIALDREAMER_WARP_KERNEL=torch"
-        return None
-    try:
-        import numba
-    except ImportError as exc:  # optional: the torch path is the fallback
-        _import_error = f"numba is not installed ({exc})"
+    numba, _import_error = load_numba()
+    if numba is None:
         return None
 
     def warp_rows(img, disp, valid, has_valid, flip, tau, r0, r1, out_img, out_disp, holes, source_x):
@@ -137,6 +132,19 @@ def _compile():
 
     _kernel = njit(numba, warp_rows)
     return _kernel
+
+
+def load_numba():
+    """``(numba, None)``, or ``(None, reason)`` when the compiled kernels are off: numba is
+    optional (the torch ops are the fallback) and ``SPATIALDREAMER_WARP_KERNEL=torch``
+    switches them off."""
+    if os.environ.get("SPATIALDREAMER_WARP_KERNEL", "").lower() == "torch":
+        return None, "SPATIALDREAMER_WARP_KERNEL=torch"
+    try:
+        import numba
+    except ImportError as exc:
+        return None, f"numba is not installed ({exc})"
+    return numba, None
 
 
 def njit(numba, fn):

@@ -9,12 +9,10 @@ OpenCV's inpainting reads. Without numba the torch ops run.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 
-from spatialdreamer.dvg._warp_kernel import njit
+from spatialdreamer.dvg._warp_kernel import load_numba, njit
 
 __all__ = ["available", "inpaint_context", "paste_painted"]
 
@@ -26,13 +24,8 @@ def _compile():
     global _kernel, _import_error
     if _kernel is not None or _import_error is not None:
         return _kernel
-    if os.environ.get("SPATIALDREAMER_WARP_KERNEL", "").lower() == "torch":
-        _import_error = "SPATIALDREAMER_WARP_KERNEL=torch"
-        return None
-    try:
-        import numba
-    except ImportError as exc:
-        _import_error = f"numba is not installed ({exc})"
+    numba, _import_error = load_numba()
+    if numba is None:
         return None
 
     def context(img, holes, disp, has_disp, bg_right, guard, means, out):
