@@ -77,3 +77,14 @@ def tiny_pipeline_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny_pipeline") / "pipeline"
     pipe.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """The small training corpus of ``train_helpers`` (read only); modules that build a corpus
+    with the corpus job define their own ``corpus``."""
+    from train_helpers import write_corpus
+
+    root = tmp_path_factory.mktemp("train_corpus")
+    write_corpus(root)
+    return str(root)

@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from train_helpers import CLIPS, HEIGHT, WIDTH, write_corpus
+from train_helpers import CLIPS, HEIGHT, WIDTH
 
 from spatialdreamer.data import load_manifest
 from spatialdreamer.data.dataset import StereoClipDataset, fit_frames, resize_cover
 from spatialdreamer.data.shards import read_clip
 from spatialdreamer.models.reference import reference_view, rendered_view
 from spatialdreamer.train import StepBatchSampler
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train_corpus")
-    write_corpus(root)
-    return str(root)
 
 
 def test_samples_are_the_warp_back_triple_with_shapes_dtypes_and_ranges(corpus):

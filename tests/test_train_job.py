@@ -6,20 +6,12 @@ import json
 import os
 
 import pytest
-from train_helpers import write_corpus
 
 from pipelines.train import load_config, main
 from spatialdreamer.models import SpatialDreamerPipeline
 from spatialdreamer.train import STATE_DIR
 
 ray = pytest.importorskip("ray")
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train_job_corpus")
-    write_corpus(root)
-    return str(root)
 
 
 @pytest.fixture(scope="module")

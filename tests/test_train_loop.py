@@ -8,7 +8,6 @@ import shutil
 import pytest
 import torch
 from torch.utils.data import default_collate
-from train_helpers import write_corpus
 
 from spatialdreamer.data.dataset import StereoClipDataset
 from spatialdreamer.models import SpatialDreamerPipeline
@@ -16,13 +15,6 @@ from spatialdreamer.train import STATE_DIR, TrainConfig, Trainer, learning_rate_
 from spatialdreamer.train.checkpoint import load_optimizer_state
 
 TINY = dict(model="tiny", learning_rate=1e-3, weight_decay=0.0, data_workers=0, batch_size=2, steps=4)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train_loop_corpus")
-    write_corpus(root)
-    return str(root)
 
 
 @pytest.fixture(scope="module")

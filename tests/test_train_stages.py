@@ -10,7 +10,6 @@ import torch
 from safetensors.torch import load_file
 from skimage import data as skdata
 from torch.utils.data import default_collate
-from train_helpers import write_corpus
 
 from spatialdreamer.data.dataset import StereoClipDataset
 from spatialdreamer.metrics import psnr
@@ -30,13 +29,6 @@ KL_VAE = dict(
     vae_layers_per_block=1,
 )
 TINY = dict(model="tiny", learning_rate=1e-3, weight_decay=0.0, data_workers=0, batch_size=2, steps=2)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("stages_corpus")
-    write_corpus(root)
-    return str(root)
 
 
 @pytest.fixture(scope="module")
