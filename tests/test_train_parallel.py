@@ -29,7 +29,6 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
-from train_helpers import write_corpus
 
 from spatialdreamer.models import SpatialDreamerPipeline
 from spatialdreamer.models.configs import build_pipeline
@@ -84,45 +83,34 @@ def _step(module, params, optimizer, losses, clip=torch.nn.utils.clip_grad_norm_
     return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
 
-def _worker(rank: int, init: str, out: str, stage: str) -> None:
-    torch.set_num_threads(1)
-    warnings.filterwarnings("ignore", message="FSDP2-wrapped module")
-    try:
-        dist.init_process_group("gloo", init_method=init, rank=rank, world_size=WORLD)
-        from spatialdreamer.train.parallel import (
-            clip_grad_norm_,
-            full_state_dict,
-            load_full_state_dict,
-            shard_loss_module,
-        )
+def _worker(rank: int, out: str, stage: str) -> None:
+    from spatialdreamer.train.parallel import (
+        clip_grad_norm_,
+        full_state_dict,
+        load_full_state_dict,
+        shard_loss_module,
+    )
 
-        module = shard_loss_module(_loss_module(stage, checkpointing=stage == "video"), device="cpu")
-        params = [p for p in module.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(params, lr=LR)
-        record = []
-        for step in range(STEPS):
-            generator = torch.Generator().manual_seed(step * 7919 + rank)
-            loss = module(_batch(step, rank), generator)["loss"]
-            total = loss.detach().clone()
-            dist.all_reduce(total)
-            norm = _step(module, params, optimizer, [loss], clip=clip_grad_norm_)
-            record.append((float(total) / WORLD, norm))
-        state = full_state_dict(module)
-        restored, uneven = None, None
-        if stage == "frames":  # and back (once; gathers are slow on gloo): initial weights load
-            load_full_state_dict(module, _loss_module(stage, checkpointing=False).state_dict())
-            restored = full_state_dict(module)
-            uneven = _gather_uneven_shards()
-        if rank == 0:
-            torch.save({"state": state, "restored": restored, "record": record, "uneven": uneven}, out)
-        dist.barrier()
-    except BaseException:
-        with open(f"{out}.rank{rank}.err", "w") as fh:
-            fh.write(traceback.format_exc())
-        raise
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    module = shard_loss_module(_loss_module(stage, checkpointing=stage == "video"), device="cpu")
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=LR)
+    record = []
+    for step in range(STEPS):
+        generator = torch.Generator().manual_seed(step * 7919 + rank)
+        loss = module(_batch(step, rank), generator)["loss"]
+        total = loss.detach().clone()
+        dist.all_reduce(total)
+        norm = _step(module, params, optimizer, [loss], clip=clip_grad_norm_)
+        record.append((float(total) / WORLD, norm))
+    state = full_state_dict(module)
+    restored, uneven = None, None
+    if stage == "frames":  # and back (once; gathers are slow on gloo): initial weights load
+        load_full_state_dict(module, _loss_module(stage, checkpointing=False).state_dict())
+        restored = full_state_dict(module)
+        uneven = _gather_uneven_shards()
+    if rank == 0:
+        torch.save({"state": state, "restored": restored, "record": record, "uneven": uneven}, out)
+    dist.barrier()
 
 
 def _gather_uneven_shards() -> list[torch.Tensor] | None:
@@ -142,12 +130,29 @@ def _gather_uneven_shards() -> list[torch.Tensor] | None:
     return gather_full(sharded, bucket_bytes=40)
 
 
-def _spawn(target, args: tuple, err: str) -> None:
-    """Run ``target(rank, *args)`` on :data:`WORLD` forked ranks; a rank's traceback lands in
-    ``{err}.rank{r}.err`` and fails the test."""
+def _rank_main(target, rank: int, init: str, err: str, args: tuple) -> None:
+    """One forked rank: ``target(rank, *args)`` inside a gloo process group; a traceback goes
+    to ``{err}.rank{rank}.err``."""
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module")
+    try:
+        dist.init_process_group("gloo", init_method=init, rank=rank, world_size=WORLD)
+        target(rank, *args)
+    except BaseException:
+        with open(f"{err}.rank{rank}.err", "w") as fh:
+            fh.write(traceback.format_exc())
+        raise
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _spawn(target, args: tuple, err: str, init: str) -> None:
+    """Run ``target(rank, *args)`` on :data:`WORLD` forked ranks (rendezvous ``init``); a rank's
+    traceback lands in ``{err}.rank{r}.err`` and fails the test."""
     # fork: the children reuse this process's imports (spawn would re-import torch and diffusers)
     ctx = mp.get_context("fork")
-    procs = [ctx.Process(target=target, args=(rank, *args)) for rank in range(WORLD)]
+    procs = [ctx.Process(target=_rank_main, args=(target, rank, init, err, args)) for rank in range(WORLD)]
     for p in procs:
         p.start()
     for p in procs:
@@ -163,7 +168,7 @@ def _spawn(target, args: tuple, err: str) -> None:
 
 def _run_ranks(tmp_path, stage: str) -> dict:
     out = str(tmp_path / f"fsdp-{stage}.pt")
-    _spawn(_worker, (f"file://{tmp_path / f'rendezvous-{stage}'}", out, stage), out)
+    _spawn(_worker, (out, stage), out, f"file://{tmp_path / f'rendezvous-{stage}'}")
     return torch.load(out, weights_only=True)
 
 
@@ -228,43 +233,32 @@ LOOP = dict(  # frames stage: fewer trainable tensors (each costs DTensor dispat
 )
 
 
-def _loop_worker(rank: int, init: str, root: str, corpus: str) -> None:
+def _loop_worker(rank: int, root: str, corpus: str) -> None:
     """Rank ``rank`` of: 3 steps straight (checkpoints at 2 and 3), then 2 → 3 resumed; rank 0
     copies the checkpoints it is handed to ``root/{straight,resumed}-{step}``."""
-    torch.set_num_threads(1)
-    warnings.filterwarnings("ignore", message="FSDP2-wrapped module")
-    try:
-        dist.init_process_group("gloo", init_method=init, rank=rank, world_size=WORLD)
-        config = TrainConfig.from_dict(LOOP)
+    config = TrainConfig.from_dict(LOOP)
 
-        def keep(run: str):
-            def report(metrics: dict, folder: str | None) -> None:
-                assert (folder is not None) == (rank == 0 and metrics["step"] in (2, 3)), (rank, metrics)
-                if folder is not None:
-                    shutil.copytree(folder, f"{root}/{run}-{metrics['step']}")
+    def keep(run: str):
+        def report(metrics: dict, folder: str | None) -> None:
+            assert (folder is not None) == (rank == 0 and metrics["step"] in (2, 3)), (rank, metrics)
+            if folder is not None:
+                shutil.copytree(folder, f"{root}/{run}-{metrics['step']}")
 
-            return report
+        return report
 
-        straight = run_worker(config, corpus, rank=rank, world_size=WORLD, report=keep("straight"))
-        dist.barrier()
-        resumed = run_worker(
-            config,
-            corpus,
-            rank=rank,
-            world_size=WORLD,
-            resume_from=f"{root}/straight-2",
-            report=keep("resumed"),
-        )
-        assert resumed["start_step"] == 2 and resumed["step"] == 3
-        assert resumed["loss"] == straight["loss"], (resumed["loss"], straight["loss"])
-        dist.barrier()
-    except BaseException:
-        with open(f"{root}/loop.rank{rank}.err", "w") as fh:
-            fh.write(traceback.format_exc())
-        raise
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    straight = run_worker(config, corpus, rank=rank, world_size=WORLD, report=keep("straight"))
+    dist.barrier()
+    resumed = run_worker(
+        config,
+        corpus,
+        rank=rank,
+        world_size=WORLD,
+        resume_from=f"{root}/straight-2",
+        report=keep("resumed"),
+    )
+    assert resumed["start_step"] == 2 and resumed["step"] == 3
+    assert resumed["loss"] == straight["loss"], (resumed["loss"], straight["loss"])
+    dist.barrier()
 
 
 def _tensors(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
@@ -277,12 +271,10 @@ def _tensors(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
     return {name: load_file(str(path)) for name, path in files.items()}
 
 
-def test_fsdp_run_worker_checkpoints_full_tensors_and_resumes_exactly(tmp_path):
-    corpus = tmp_path / "corpus"
-    write_corpus(corpus)
+def test_fsdp_run_worker_checkpoints_full_tensors_and_resumes_exactly(tmp_path, corpus):
     root = tmp_path / "runs"
     root.mkdir()
-    _spawn(_loop_worker, (f"file://{tmp_path / 'rendezvous-loop'}", str(root), str(corpus)), f"{root}/loop")
+    _spawn(_loop_worker, (str(root), corpus), f"{root}/loop", f"file://{tmp_path / 'rendezvous-loop'}")
 
     straight, resumed, mid = (_tensors(root / name) for name in ("straight-3", "resumed-3", "straight-2"))
     for part in ("unet", "refinernet", "optimizer", "ema"):
