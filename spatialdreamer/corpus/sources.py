@@ -129,6 +129,18 @@ def _inside(path: str, roots: Iterable[str]) -> bool:
     return any(path == root or path.startswith(root.rstrip(os.sep) + os.sep) for root in roots)
 
 
+def _in_corpus(path: str) -> bool:
+    """Whether a folder above ``path`` is a corpus built by this job."""
+    folder = os.path.dirname(path)
+    while True:
+        if os.path.exists(os.path.join(folder, _CORPUS_MARKER)):
+            return True
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return False
+        folder = parent
+
+
 def _walk_local(root: str, excluded: set[str]) -> SourceListing:
     """Video files under a local folder, symbolic links followed once: a folder already
     visited (by its resolved path) is not entered again, so loops end at once."""
@@ -154,7 +166,7 @@ def _walk_local(root: str, excluded: set[str]) -> SourceListing:
             continue
         subfolders = []
         for entry in entries:
-            if entry.is_dir(follow_symlinks=True) and not entry.name.startswith("."):
+            if os.path.isdir(entry.path) and not entry.name.startswith("."):  # False for a loop
                 subfolders.append(entry.path)
             if not _has_video_suffix(entry.name):
                 continue
@@ -229,7 +241,7 @@ def _from_glob(spec: str, excluded: set[str]) -> SourceListing:
     listing = SourceListing()
     for match in sorted(glob.glob(spec, recursive=True)):
         path = os.path.abspath(match)
-        if _inside(os.path.realpath(path), excluded):
+        if _inside(os.path.realpath(path), excluded) or _in_corpus(path):
             continue
         problem = _entry_problem(path)
         if problem is None:
