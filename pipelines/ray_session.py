@@ -27,7 +27,6 @@ import re
 import select
 import sys
 import threading
-import warnings
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -196,13 +195,13 @@ def connect(address: str | None = None, **init_kwargs: Any) -> ModuleType:
 
 # Lines Ray prints on every healthy run that ask nothing of the user: Ray Data's actor pool
 # warning about restartable actors (core_worker.cc), Ray Train's placement-group cleaner
-# polling a controller that has already exited; and (a Python warning) Ray Data's deprecation
-# note about how its own map stages pass resources.
+# polling a controller that has already exited; and Ray Data's deprecation warning about how
+# map stages pass resources (with the source line Python prints under it).
 RAY_NOISE = re.compile(
     rb"core_worker\.cc:\d+\]?:.*max_restarts"
     rb"|PlacementGroupCleaner.*Failed to query"
+    rb"|RayDeprecationWarning: `ray_remote_args` is deprecated"
 )
-_RAY_WARNINGS = r".*`ray_remote_args` is deprecated"
 _ANSI = re.compile(rb"\x1b\[[0-9;?]*[ -/]*[@-~]")
 _LINE_END = re.compile(rb"[^\r\n]*(?:\r\n|\r|\n)")
 
@@ -220,15 +219,13 @@ class RayNoiseFilter:
     def __init__(self, verbose: bool = False, fd: int = 2):
         self.verbose, self.fd = verbose, fd
         self.dropped = 0
+        self._dropping = False
         self._saved: int | None = None
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> RayNoiseFilter:
         if self.verbose:
             return self
-        self._warnings = warnings.catch_warnings()
-        self._warnings.__enter__()
-        warnings.filterwarnings("ignore", message=_RAY_WARNINGS)
         sys.stderr.flush()
         self._saved = os.dup(self.fd)
         self._strip = not os.isatty(self._saved)
@@ -247,10 +244,13 @@ class RayNoiseFilter:
         self._thread.join(timeout=5)
         os.close(self._saved)
         self._saved = None
-        self._warnings.__exit__(*exc)
 
     def _emit(self, piece: bytes) -> None:
-        if RAY_NOISE.search(_ANSI.sub(b"", piece).rstrip(b"\r\n")):
+        text = _ANSI.sub(b"", piece).rstrip(b"\r\n")
+        # a Python warning's source line follows it, indented: it goes with the warning
+        follows = self._dropping and text[:1] in (b" ", b"\t")
+        self._dropping = bool(RAY_NOISE.search(text))
+        if self._dropping or follows:
             self.dropped += 1
             return
         os.write(self._saved, _ANSI.sub(b"", piece) if self._strip else piece)

@@ -100,7 +100,7 @@ def test_the_corpus_job_offers_only_corpus_configs():
 
 _NOISY = textwrap.dedent(
     """
-    import os, sys, warnings
+    import os, sys
     from pipelines.ray_session import RayNoiseFilter
     with RayNoiseFilter(verbose="-v" in sys.argv):
         os.write(2, b"[2026-11-29 20:29:10,363 E 1 1] core_worker.cc:2465: Actor with class name: "
@@ -109,7 +109,8 @@ _NOISY = textwrap.dedent(
         os.write(2, b"\\x1b[36m(pid=7)\\x1b[0m a warning the user needs\\n")
         os.write(2, b"\\r 50%|#   | 1/2")
         os.write(2, b"\\r100%|####| 2/2\\n")
-        warnings.warn("`ray_remote_args` is deprecated and will be removed in Ray 2.64.")
+        os.write(2, b"/x/build_dataset.py:221: RayDeprecationWarning: `ray_remote_args` is deprecated.\\n")
+        os.write(2, b"  ds = ds.flat_map(\\n")
         print("python line", file=sys.stderr)
     print("after", file=sys.stderr)
     """

@@ -238,8 +238,13 @@ def summarize_manifest(clips: pd.DataFrame, failures: pd.DataFrame | None = None
         failures = failures[failures["stage"] != "filter"] if len(failures) else failures
         if len(filtered):
             lines.append(f"filtered by quality thresholds: {len(filtered)} clips")
-        videos = failures["clip_id"].isna().sum() if len(failures) else 0
-        lines.append(f"failures: {len(failures)} ({videos} whole videos, {len(failures) - videos} clips)")
+        listed = int((failures["stage"] == "list").sum()) if len(failures) else 0
+        videos = int(failures["clip_id"].isna().sum()) - listed if len(failures) else 0
+        not_videos = f", {listed} inputs that are not videos" if listed else ""
+        lines.append(
+            f"failures: {len(failures)} ({videos} whole videos, "
+            f"{len(failures) - videos - listed} clips{not_videos})"
+        )
         for stage, count in failures["stage"].value_counts().sort_index().items() if len(failures) else []:
             example = failures.loc[failures["stage"] == stage, "error"].iloc[0]
             lines.append(f"  {stage}: {count}  e.g. {_shorten(example, 100)}")
