@@ -155,3 +155,14 @@ def test_the_wheel_carries_the_job_configs(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     configs = {f"pipelines/configs/{p.name}" for p in (ROOT / "pipelines" / "configs").glob("*.yaml")}
     assert configs and configs <= names
+
+
+def test_convert_says_it_is_loading_the_model_before_the_first_frame(tmp_path, capsys):
+    from spatialdreamer.synth import random_spec
+    from spatialdreamer.synth.videos import write_scene
+
+    video = write_scene(random_spec(0, height=48, width=64, frames=6), tmp_path, "clip").left
+    code = cli.main(["convert", str(video), str(tmp_path / "out.mp4"), "--depth-model", "parallax"])
+    err = capsys.readouterr().err
+    assert code == 0 and err.startswith("loading depth model parallax ...\n")
+    assert "frame/s" in err  # the bar shows the speed (and the time left)
