@@ -194,16 +194,26 @@ def connect(address: str | None = None, **init_kwargs: Any) -> ModuleType:
 
 
 # Lines Ray prints on every healthy run that ask nothing of the user: Ray Data's actor pool
-# warning about restartable actors (core_worker.cc), Ray Train's placement-group cleaner
-# polling a controller that has already exited; and Ray Data's deprecation warning about how
-# map stages pass resources (with the source line Python prints under it).
+# warning about restartable actors (core_worker.cc); anything from Ray Train's placement-group
+# cleaner (it polls a controller that has exited, and may dump a stack when Ray shuts it down);
+# Ray Train's echo of every reported metric dict; abseil's mutex debugging; and Ray Data's
+# deprecation warning about how map stages pass resources (with the source line Python prints
+# under it).
 RAY_NOISE = re.compile(
     rb"core_worker\.cc:\d+\]?:.*max_restarts"
+    rb"|^\(PlacementGroupCleaner pid=\d+"
     rb"|PlacementGroupCleaner.*Failed to query"
+    rb"|Reporting training result \d+: TrainingReport\("
+    rb"|\[mutex\.cc : \d+\] RAW: "
     rb"|RayDeprecationWarning: `ray_remote_args` is deprecated"
 )
 _ANSI = re.compile(rb"\x1b\[[0-9;?]*[ -/]*[@-~]")
 _LINE_END = re.compile(rb"[^\r\n]*(?:\r\n|\r|\n)")
+
+
+def _ray_running() -> bool:
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and ray.is_initialized())
 
 
 class RayNoiseFilter:
@@ -213,7 +223,9 @@ class RayNoiseFilter:
     redraw a line with carriage returns, pass through as they come.
 
     ``verbose`` turns the filter off: everything is shown as Ray wrote it. Use it as a context
-    manager around a job's work; ``dropped`` counts the lines left out.
+    manager around a job's work; ``dropped`` counts the lines left out. A Ray the job started
+    inside the filter is shut down before it ends, so its shutdown messages are filtered too
+    (a Ray that was already running is left alone).
     """
 
     def __init__(self, verbose: bool = False, fd: int = 2):
@@ -224,6 +236,7 @@ class RayNoiseFilter:
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> RayNoiseFilter:
+        self._ray_before = _ray_running()
         if self.verbose:
             return self
         sys.stderr.flush()
@@ -239,6 +252,10 @@ class RayNoiseFilter:
     def __exit__(self, *exc) -> None:
         if self._saved is None:
             return
+        if _ray_running() and not self._ray_before:
+            import ray
+
+            ray.shutdown()
         sys.stderr.flush()
         os.dup2(self._saved, self.fd)  # closes the pipe's last write end: the pump sees the end
         self._thread.join(timeout=5)

@@ -106,6 +106,10 @@ _NOISY = textwrap.dedent(
         os.write(2, b"[2026-11-29 20:29:10,363 E 1 1] core_worker.cc:2465: Actor with class name: "
                     b"'MapWorker' has constructor arguments in the object store and max_restarts > 0.\\n")
         os.write(2, b"\\x1b[36m(TrainController pid=5)\\x1b[0m PlacementGroupCleaner: Failed to query\\n")
+        os.write(2, b"\\x1b[36m(PlacementGroupCleaner pid=5)\\x1b[0m *** SIGABRT received ***\\n")
+        os.write(2, b"(RayTrainWorker pid=6) Reporting training result 1: TrainingReport(metrics={})\\n")
+        os.write(2, b"(RayTrainWorker pid=6) [mutex.cc : 452] RAW: Lock blocking 0x55fa\\n")
+        os.write(2, b"(RayTrainWorker pid=6) step 5/10 loss 1.04\\n")
         os.write(2, b"\\x1b[36m(pid=7)\\x1b[0m a warning the user needs\\n")
         os.write(2, b"\\r 50%|#   | 1/2")
         os.write(2, b"\\r100%|####| 2/2\\n")
@@ -119,7 +123,10 @@ _NOISY = textwrap.dedent(
 
 def test_ray_noise_is_filtered_from_the_jobs_output_and_kept_with_verbose():
     quiet = subprocess.run([sys.executable, "-c", _NOISY], cwd=ROOT, capture_output=True, check=True).stderr
-    expected = "(pid=7) a warning the user needs\n\r 50%|#   | 1/2\r100%|####| 2/2\npython line\nafter\n"
+    expected = (
+        "(RayTrainWorker pid=6) step 5/10 loss 1.04\n(pid=7) a warning the user needs\n"
+        "\r 50%|#   | 1/2\r100%|####| 2/2\npython line\nafter\n"
+    )
     assert quiet.decode() == expected
     loud = subprocess.run([sys.executable, "-c", _NOISY, "-v"], cwd=ROOT, capture_output=True, check=True)
     text = loud.stderr.decode()
