@@ -184,3 +184,17 @@ def test_the_job_records_every_input_left_out_and_its_counts_add_up(library, tmp
     again = build(str(library), str(tmp_path / "corpus"), tiny, in_process=True)
     assert again["videos_already_done"] == 5 and again["clips_in_corpus"] == summary["clips_in_corpus"]
     assert again["failures"] == summary["failures"]
+
+
+def test_a_folder_on_a_filesystem_uri_is_listed_with_the_same_rules(tmp_path):
+    _tiny_video(tmp_path / "a.mp4")
+    (tmp_path / "._a.mp4").write_bytes(b"\x00" * 64)
+    (tmp_path / "named.mkv").mkdir()
+    (tmp_path / "out" / "shards").mkdir(parents=True)
+    _tiny_video(tmp_path / "out" / "shards" / "rgb.mp4")
+    listing = find_sources(f"file://{tmp_path}", exclude=[f"file://{tmp_path / 'out'}"])
+    assert [v["path"] for v in listing.videos] == [f"file://{tmp_path / 'a.mp4'}"]
+    assert {s["path"].rsplit("/", 1)[-1]: s["reason"] for s in listing.skipped} == {
+        "._a.mp4": "is a macOS metadata file (an AppleDouble '._' companion), not a video",
+        "named.mkv": "is a folder, not a video file",
+    }
