@@ -264,6 +264,7 @@ _COMMANDS = {
     "eval": ("score predicted right views against ground truth (results table)", _add_eval),
     "manifest": ("summarise a stereo corpus built by pipelines.build_dataset", _add_manifest),
 }
+_DESCRIPTION = "Monocular video to stereo video.\n\n" + __doc__.split("\n\n", 1)[1].strip()
 _VERBOSE_HELP = "log details and show tracebacks (before or after the command)"
 
 
@@ -280,7 +281,7 @@ def _named_command(argv: Sequence[str]) -> str | None:
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The command's parser. With ``argv``, only the subcommand it names is filled in (the
     others are listed by name and help); without, all of them are."""
-    parser = _Parser(prog="spatialdreamer", description=__doc__)
+    parser = _Parser(prog="spatialdreamer", description=_DESCRIPTION)
     add_verbose(parser, True, _VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     wanted = _named_command(argv) if argv is not None else None
