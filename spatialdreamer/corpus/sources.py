@@ -143,7 +143,8 @@ def _in_corpus(path: str) -> bool:
 
 def _walk_local(root: str, excluded: set[str]) -> SourceListing:
     """Video files under a local folder, symbolic links followed once: a folder already
-    visited (by its resolved path) is not entered again, so loops end at once."""
+    visited (by its resolved path) is not entered again, so loops end at once. Hidden folders
+    (``.git``, macOS ``.Trashes``) are not searched."""
     listing = SourceListing()
     visited: set[str] = set()
     pending = [os.path.abspath(root)]
