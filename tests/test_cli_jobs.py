@@ -164,12 +164,21 @@ def test_the_wheel_carries_the_job_configs(tmp_path):
     assert configs and configs <= names
 
 
-def test_convert_says_it_is_loading_the_model_before_the_first_frame(tmp_path, capsys):
+def test_convert_says_it_is_loading_the_model_before_the_first_frame(tmp_path, capsys, monkeypatch):
     from spatialdreamer.synth import random_spec
     from spatialdreamer.synth.videos import write_scene
 
     video = write_scene(random_spec(0, height=48, width=64, frames=6), tmp_path, "clip").left
+    monkeypatch.setattr(cli, "_interactive", lambda: True)  # a terminal
     code = cli.main(["convert", str(video), str(tmp_path / "out.mp4"), "--depth-model", "parallax"])
     err = capsys.readouterr().err
     assert code == 0 and err.startswith("loading depth model parallax ...\n")
     assert "frame/s" in err  # the bar shows the speed (and the time left)
+    monkeypatch.setattr(cli, "_interactive", lambda: False)  # a log file: errors stay one line
+    assert (
+        cli.main(
+            ["convert", str(tmp_path / "none.mp4"), str(tmp_path / "o.mp4"), "--depth-model", "parallax"]
+        )
+        == 1
+    )
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1

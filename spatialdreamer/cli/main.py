@@ -31,6 +31,11 @@ def _size(text: str) -> tuple[int, int]:
     return w, h
 
 
+def _interactive() -> bool:
+    """Whether a person watches standard error (status lines there; logs stay one line per error)."""
+    return sys.stderr.isatty()
+
+
 def _add_convert(sub) -> None:
     from spatialdreamer.depth import DEFAULT_DEPTH_MODEL  # not from convert: --help in 1.5 s, not 8 s
     from spatialdreamer.stereo import FORMATS
@@ -111,7 +116,7 @@ def _run_convert(args) -> int:
         bars[0].total = total
         bars[0].update(done - bars[0].n)
 
-    if not args.quiet:  # the model loads (or downloads) before the first frame: say so at once
+    if not args.quiet and _interactive():  # the model loads (or downloads) before the first frame
         print(f"loading depth model {args.depth_model} ...", file=sys.stderr, flush=True)
     try:
         report = convert_video(args.input, args.output, options, progress=progress)
