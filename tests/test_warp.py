@@ -308,6 +308,6 @@ def test_a_steep_disparity_ramp_opens_one_contiguous_disocclusion(backend, towar
         img, disparity = img.flip(-1), disparity.flip(-1)
     out = forward_warp(img, disparity, towards=towards, backend=backend)
     holes = out.holes[0, 0, 0] if towards == "right" else out.holes[0, 0, 0].flip(-1)
-    inner = [run for run in _hole_runs(holes) if 0 < run[0] and run[1] < w - 1]
+    inner = [run for run in _hole_runs(holes) if run[0] > 0 and run[1] < w - 1]
     assert len(inner) == 1, f"alternating holes {inner}"
     assert inner[0][1] - inner[0][0] >= sum(fall) - 2  # the ramp's whole disocclusion

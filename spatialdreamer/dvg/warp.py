@@ -264,7 +264,8 @@ def _ramp_fragments(opening, joined_left, joined_right):
     open_right = torch.cat([opening, false_col], -1)  # edge between x and x+1 opens
     right_of = torch.cat([open_right[..., 1:], false_col], -1)  # edge between x+1 and x+2
     left_of = torch.cat([false_col, open_left[..., :-1]], -1)  # edge between x-2 and x-1
-    return (open_left & open_right) | (joined_right & open_left & right_of) | (joined_left & left_of & open_right)
+    single = open_left & open_right
+    return single | (joined_right & open_left & right_of) | (joined_left & left_of & open_right)
 
 
 def _layered_holes(d, p, opening, source_x, seen_disp, valid, fragment, tau):
