@@ -299,9 +299,9 @@ def _to_uint8(frames: torch.Tensor) -> torch.Tensor:
 
 
 def _disparity(frames, estimator, normalizer, stabilizer, planner) -> torch.Tensor:
-    """Frames of one shot → disparity in pixels: depth, shot range, stabilised, planned."""
-    normalized = normalizer(estimator(frames))
-    return planner(stabilizer(frames, normalized))
+    """Frames of one shot → disparity in pixels: depth, shot range, planned screen plane and
+    budget, then held steady where the picture is still (the plan's changes included)."""
+    return stabilizer(frames, planner(normalizer(estimator(frames))))
 
 
 class _PairQueue:

@@ -7,8 +7,11 @@ comfortably. Here each frame proposes a screen plane on its salient depth (the c
 median of the normalised inverse depth: what the viewer looks at sits on the screen) and the
 budget is then scaled down, if needed, so that the nearest point stays within ``crossed`` % of
 the width in front of the screen and the farthest within ``uncrossed`` % behind it.
-The proposals are smoothed over the shot (an exponential moving average that looks a few
-frames ahead, so it starts moving before a change rather than after it) and restart at cuts.
+The proposals are smoothed over the shot and restart at cuts: an exponential moving average
+that looks a few frames ahead (so it starts moving before a change rather than after it),
+ignores changes smaller than a dead band, and moves the screen plane by at most ``max_step``
+pixels of disparity per frame. A screen plane that drifts shifts every still pixel of the
+frame a little each frame, which reads as shimmer; one that steps is a visible jump.
 Every shot's choice is recorded for ``spatialdreamer convert --report``.
 """
 
@@ -82,6 +85,9 @@ class ConvergencePlanner:
         momentum: weight of each new frame's proposal in the moving average, in (0, 1].
         lookahead: how many later frames of the same call each proposal averages over (frames
             beyond the batch or a cut are not seen).
+        dead_band: proposals closer than this (normalised depth) to the current plane are
+            ignored.
+        max_step: largest change of the screen plane per frame, in pixels of disparity.
 
     Example:
         >>> planner = ConvergencePlanner(budget=3.0, convergence=None)
@@ -98,8 +104,10 @@ class ConvergencePlanner:
         budget: float = 3.0,
         convergence: float | None = None,
         bound: ComfortBound | None = None,
-        momentum: float = 0.15,
+        momentum: float = 0.1,
         lookahead: int = 4,
+        dead_band: float = 0.05,
+        max_step: float = 0.05,
     ) -> None:
         if not 0.0 <= budget <= 20.0:
             raise ValueError(f"budget is a % of the width in [0, 20], got {budget}")
@@ -114,6 +122,10 @@ class ConvergencePlanner:
         self.bound = bound or ComfortBound()
         self.momentum = float(momentum)
         self.lookahead = int(lookahead)
+        if dead_band < 0 or max_step <= 0:
+            raise ValueError(f"need dead_band >= 0 and max_step > 0, got {dead_band}, {max_step}")
+        self.dead_band = float(dead_band)
+        self.max_step = float(max_step)
         self._state: float | None = None
         self._frames = 0
         self._shots: list[_Shot] = []
@@ -126,9 +138,11 @@ class ConvergencePlanner:
         """A cut: the next frame starts a new shot and its own screen plane."""
         self._state = None
 
-    def plan(self, normalized: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def plan(self, normalized: torch.Tensor, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(convergence [B], budget [B])`` for consecutive frames of one shot (continuing the
-        previous call unless :meth:`reset` came between)."""
+        previous call unless :meth:`reset` came between); ``width`` (default: the frames')
+        turns ``max_step`` pixels into normalised depth."""
+        width = width or normalized.shape[-1]
         b = normalized.shape[0]
         if self._state is None or not self._shots:
             self._shots.append(_Shot(self._frames))
@@ -140,8 +154,10 @@ class ConvergencePlanner:
                 target = sum(ahead) / len(ahead)
                 if self._state is None:
                     self._state = target
-                else:
-                    self._state += self.momentum * (target - self._state)
+                elif abs(target - self._state) > self.dead_band:
+                    limit = self.max_step / max(self._comfortable_budget(self._state) / 100.0 * width, 1e-6)
+                    step = self.momentum * (target - self._state)
+                    self._state += max(-limit, min(limit, step))
                 convergence.append(self._state)
             budget = [self._comfortable_budget(c) for c in convergence]
         else:
