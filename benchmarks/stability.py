@@ -22,7 +22,10 @@ Each row also prints the *lag on moving pixels*: the mean difference in disparit
 between the stabilised and the raw estimate on the moving object, which stays near 0 when
 moving objects do not drag old depth behind them (no ghosting).
 
-Run: ``python -m benchmarks.stability [--frames 80] [--size 384x216]``.
+``--speed WxH`` also times the renderer (warp, fill, both eyes or one) per frame at that size,
+the configurations interleaved and repeated so that they share the machine's load.
+
+Run: ``python -m benchmarks.stability [--frames 80] [--size 384x216] [--speed 1280x720]``.
 """
 
 from __future__ import annotations
@@ -138,13 +141,34 @@ def shimmer_ratio(source: torch.Tensor, eye: torch.Tensor, reach: int) -> float:
     return float(eye_change / source_change.clamp(min=1e-6))
 
 
+def _time_renderers(width: int, height: int, frames: int = 4, repeats: int = 3) -> None:
+    scene = make_scene(0, height=height, width=width, frames=frames, max_disparity=0.03 * width)
+    configs = {
+        "before (right eye, plain warp)": _previous_renderer,
+        "right eye": StereoRenderer("right"),
+        "both eyes": StereoRenderer("both"),
+    }
+    times: dict[str, list[float]] = {name: [] for name in configs}
+    for _ in range(repeats):
+        for name, renderer in configs.items():
+            began = time.perf_counter()
+            renderer(scene.left, scene.disparity)
+            times[name].append((time.perf_counter() - began) / frames)
+    print(f"renderer at {width}x{height}, ms per frame (median of {repeats}, interleaved):")
+    for name, values in times.items():
+        print(f"  {name:>30}: {sorted(values)[len(values) // 2] * 1000:7.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--frames", type=int, default=80)
     parser.add_argument("--size", default="384x216", help="WxH of both clips")
+    parser.add_argument("--speed", metavar="WxH", help="also time the renderer per frame at this size")
     args = parser.parse_args()
+    if args.speed:
+        _time_renderers(*map(int, args.speed.split("x")))
     width, height = map(int, args.size.split("x"))
     torch.manual_seed(0)
 

@@ -75,6 +75,10 @@ def test_edge_dilation_grows_the_near_side_only():
     grown = dilate_foreground(d, (2, 1))
     assert grown[0, 0, 1:4, 2:7].eq(3.0).all() and grown.eq(3.0).sum() == 15
     assert torch.equal(dilate_foreground(d, (0, 0)), d)
+    noise = torch.rand(2, 1, 9, 13)
+    for rx, ry in ((2, 1), (3, 0), (0, 2)):  # the same as a flat max filter
+        reference = F.max_pool2d(noise, (2 * ry + 1, 2 * rx + 1), stride=1, padding=(ry, rx))
+        assert torch.equal(dilate_foreground(noise, (rx, ry)), reference)
 
 
 def test_edge_dilation_removes_the_halo_of_soft_depth(scenes):

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from spatialdreamer.dvg.disparity import dilate_foreground
+
 __all__ = ["DepthStabilizer"]
 
 
@@ -63,8 +65,13 @@ class DepthStabilizer:
         """``[B,1,H,W]`` in [0, 1]: how much each pixel counts as moving between two frames."""
         change = (current - previous).abs().amax(1, keepdim=True)
         r = self.radius if self.radius is not None else max(1, round(current.shape[-1] / 100))
-        if r > 0:
-            change = F.max_pool2d(change, 2 * r + 1, stride=1, padding=r)
+        h, w = change.shape[-2:]
+        cell = max(1, min(r // 2, 8))  # widen on a grid of cells: the cost stays flat in r
+        if cell > 1:
+            change = F.max_pool2d(change, cell, ceil_mode=True)
+        change = dilate_foreground(change, (-(-r // cell), -(-r // cell)))  # a max filter
+        if cell > 1:
+            change = F.interpolate(change, scale_factor=cell, mode="nearest")[..., :h, :w]
         return ((change - self.threshold) / self.threshold).clamp_(0.0, 1.0)
 
     def __call__(self, frames: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
