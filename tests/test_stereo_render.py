@@ -11,7 +11,7 @@ from spatialdreamer.dvg import forward_warp
 from spatialdreamer.dvg.disparity import dilate_foreground
 from spatialdreamer.stereo import fill_holes
 from spatialdreamer.stereo.comfort import ComfortBound, ConvergencePlanner, check_report_path, salient_depth
-from spatialdreamer.stereo.render import StereoRenderer, warp_with_borders
+from spatialdreamer.stereo.render import RefinedEye, StereoRenderer, warp_with_borders
 from spatialdreamer.stereo.stabilize import DepthStabilizer
 from spatialdreamer.synth.scenes import Layer, SceneSpec, render_frame
 
@@ -173,3 +173,31 @@ def test_fixed_convergence_passes_the_budget_through():
     disparity = planner(normalized)
     assert torch.allclose(disparity[0, 0, 0], torch.tensor([-0.03, 0.0, 0.09]), atol=1e-6)
     assert planner.report(fps=10.0)["mode"].tolist() == ["fixed"]
+
+
+class _GreyFill:
+    """Stands in for a StreamingRefiner: fills holes with grey, holds nothing back."""
+
+    def __init__(self) -> None:
+        self.seen: list[torch.Tensor] = []
+
+    def push(self, image, holes, source, disparity):
+        self.seen.append(source)
+        return torch.where(holes, torch.full_like(image, 0.5), image)
+
+    def flush(self):
+        return torch.empty(0, 3, 8, 32)
+
+
+@pytest.mark.parametrize("eye", ["right", "left"])
+def test_a_refined_left_eye_is_the_mirrored_right_eye_problem(eye):
+    frames = torch.rand(2, 3, 8, 32)
+    disparity = torch.rand(2, 1, 8, 32) * 6
+    fill = _GreyFill()
+    refined = RefinedEye(fill, eye, edge_dilation=(0, 0)).push(frames, disparity)
+    warped = warp_with_borders(frames, disparity, towards=eye)
+    assert torch.equal(refined, torch.where(warped.holes, torch.full_like(warped.image, 0.5), warped.image))
+    # the model sees a right-eye problem: a left source, mirrored when the left eye is made
+    assert torch.equal(fill.seen[0], frames if eye == "right" else frames.flip(-1))
+    with pytest.raises(ValueError, match="one eye"):
+        RefinedEye(fill, "both")

@@ -45,10 +45,17 @@ def _add_convert(sub) -> None:
         f"Default {DEFAULT_DEPTH_MODEL}",
     )
     p.add_argument("--budget", type=float, default=3.0, help="depth budget, %% of the width (default 3)")
+
     # rendering: which eyes, edges, screen plane and comfort, temporal smoothing, per-shot report
+    def convergence(text: str) -> float | str:
+        try:
+            return "auto" if text == "auto" else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'auto' or a number in [0, 1], got {text!r}") from None
+
     p.add_argument(
         "--convergence",
-        type=lambda text: "auto" if text == "auto" else float(text),
+        type=convergence,
         default=0.5,
         help="screen plane: 0 = all in front, 1 = all behind (default 0.5); 'auto' = per shot, the "
         "salient depth on the screen and the depth held inside --comfort",
