@@ -1,8 +1,8 @@
 """Monocular video → stereo video, streamed chunk by chunk so memory stays flat.
 
-decode chunk → depth → shot-level normalisation (reset at cuts) → temporal stabilisation →
-per-shot screen plane and comfort budget → disparity → forward warp to each synthesized eye
-→ hole fill → stereo layout → encode (source audio copied). The rendering stages live in
+decode chunk → depth → shot-level normalisation (reset at cuts) → per-shot screen plane and
+comfort budget → disparity, held steady where the picture is still → forward warp to each
+synthesized eye → hole fill → stereo layout → encode (source audio copied). The rendering stages live in
 :mod:`spatialdreamer.stereo` (``render``, ``stabilize``, ``comfort``).
 The output appears under its final name only once it is complete.
 
@@ -235,7 +235,7 @@ def convert_video(
         return packed.cpu()
 
     def pack_ready(right: torch.Tensor):
-        """Pair refined right-eye frames with their queued source frames."""
+        """Pair refined frames of the synthesized eye with their queued source frames."""
         pieces = [
             (stamps, pack(source, *((None, other) if options.eye == "right" else (other, None))))
             for source, stamps, other in queue.pair(right)
