@@ -16,7 +16,10 @@ them, with no encoding in between (the codec's own noise is not part of the figu
   ``parallax`` estimator. (Big Buck Bunny, the clip the issue was measured on, is not
   available offline; this clip stands in for it.)
 - **synth, exact depth**: a :mod:`spatialdreamer.synth` scene with a still camera and moving
-  cards, its exact inverse depth as the depth model.
+  cards, the same noise, its exact inverse depth as the depth model;
+- **synth, depth wobbling 3 %**: the same scene and depth plus the error a per-frame depth
+  model makes, new every frame (a smooth random field of 3 % of the depth range and a 1.5 %
+  scale error): the temporal inconsistency that makes learned depth shimmer.
 
 Each row also prints the *lag on moving pixels*: the mean difference in disparity (pixels)
 between the stabilised and the raw estimate on the moving object, which stays near 0 when
@@ -81,22 +84,39 @@ def real_texture_clip(
         mask = torch.zeros(1, height, width, dtype=torch.bool)
         mask[:, y0 : y0 + size, x0 : x0 + size] = disc
         masks.append(mask)
-        noisy = frame * 255.0 + torch.from_numpy(rng.normal(0.0, NOISE, frame.shape)).float()
-        out.append(noisy.round().clamp(0, 255).to(torch.uint8))
+        out.append(as_decoded(frame, rng))
     return torch.stack(out), torch.stack(masks)
 
 
-class _ExactDepth:
-    """A depth 'model' that returns the synth scene's exact inverse depth, frame by frame."""
+def as_decoded(frames: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Frames in [0, 1] as 8-bit video with a little sensor-like noise: a still pixel of a
+    decoded video changes by a fraction of a grey level, never by exactly nothing."""
+    noise = torch.from_numpy(rng.normal(0.0, NOISE, frames.shape)).float()
+    return (frames * 255.0 + noise).round().clamp(0, 255).to(torch.uint8)
 
-    def __init__(self, inverse_depth: torch.Tensor) -> None:
+
+class _ExactDepth:
+    """A depth 'model' that returns the synth scene's exact inverse depth, frame by frame;
+    with ``wobble``, plus what a per-frame depth model adds: a smooth random error field of
+    ``wobble`` times the depth range and a global scale error of half that, new every frame."""
+
+    def __init__(self, inverse_depth: torch.Tensor, wobble: float = 0.0, seed: int = 0) -> None:
         self.inverse_depth = inverse_depth
+        self.wobble = wobble
+        self.generator = torch.Generator().manual_seed(seed)
         self.at = 0
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         out = self.inverse_depth[self.at : self.at + len(frames)]
         self.at += len(frames)
-        return out
+        if self.wobble == 0.0:
+            return out
+        b, _, h, w = out.shape
+        span = float(out.max() - out.min())
+        field = torch.randn(b, 1, max(2, h // 24), max(2, w // 24), generator=self.generator)
+        field = F.interpolate(field, size=(h, w), mode="bicubic", align_corners=False)
+        scale = 1.0 + 0.5 * self.wobble * torch.randn(b, 1, 1, 1, generator=self.generator)
+        return out * scale + self.wobble * span * field
 
     def reset(self) -> None:
         pass
@@ -130,15 +150,17 @@ def render(frames_u8, moving, estimator, *, smoothing: float, eye: str, converge
     return {k: torch.cat(v) for k, v in eyes.items() if v}, float(torch.cat(lags).mean()), seconds
 
 
-def shimmer_ratio(source: torch.Tensor, eye: torch.Tensor, reach: int) -> float:
-    """Mean per-frame change of ``eye`` over that of ``source`` (both ``[T,3,H,W]`` in [0, 1])
-    on pixels whose whole neighbourhood (``reach`` pixels across, the disparity's range) is still
-    in the source, so a still eye pixel never shows a moving source pixel."""
+def still_pixels(source: torch.Tensor, reach: int) -> torch.Tensor:
+    """``[T-1,1,H,W]`` bool: pixels whose whole neighbourhood (``reach`` pixels across, the
+    disparity's range) is still in the source between frames ``t-1`` and ``t``, so a still eye
+    pixel never shows a moving source pixel."""
     change = (source[1:] - source[:-1]).abs().amax(1, keepdim=True)
-    still = F.max_pool2d(change, (3, 2 * reach + 1), stride=1, padding=(1, reach)) < STILL
-    source_change = (source[1:] - source[:-1]).abs().mean(1, keepdim=True)[still].mean()
-    eye_change = (eye[1:] - eye[:-1]).abs().mean(1, keepdim=True)[still].mean()
-    return float(eye_change / source_change.clamp(min=1e-6))
+    return F.max_pool2d(change, (3, 2 * reach + 1), stride=1, padding=(1, reach)) < STILL
+
+
+def mean_change(video: torch.Tensor, still: torch.Tensor) -> float:
+    """Mean per-frame change of ``video`` ``[T,3,H,W]`` in [0, 1] on ``still``, in grey levels."""
+    return float((video[1:] - video[:-1]).abs().mean(1, keepdim=True)[still].mean() * 255)
 
 
 def _time_renderers(width: int, height: int, frames: int = 4, repeats: int = 3) -> None:
@@ -174,7 +196,7 @@ def main() -> None:
 
     real, real_moving = real_texture_clip(args.frames, width, height)
     scene = make_scene(3, height=height, width=width, frames=args.frames, pan=0.0, motion=1.0)
-    synth = (scene.left * 255).round().to(torch.uint8)
+    synth = as_decoded(scene.left, np.random.default_rng(1))
     still_last = torch.zeros_like(scene.occlusion[:1])
     synth_moving = torch.cat([scene.flow.norm(dim=1, keepdim=True) > 0.25, still_last])
     inverse_depth = 1.0 / scene.depth
@@ -182,6 +204,7 @@ def main() -> None:
     clips = {
         "real texture, parallax depth": (real, real_moving, parallax),
         "synth, exact depth": (synth, synth_moving, lambda: _ExactDepth(inverse_depth)),
+        "synth, depth wobbling 3 %": (synth, synth_moving, lambda: _ExactDepth(inverse_depth, 0.03)),
     }
     reach = int(0.03 * width) + 4
     print(f"{args.frames} frames at {width}x{height}; shimmer ratio = eye / source change on still pixels")
@@ -189,6 +212,11 @@ def main() -> None:
     print(f"{head} {'right':>6} {'left':>6} {'lag px':>6} {'s':>5}")
     for name, (frames, moving, make_estimator) in clips.items():
         source = frames.float() / 255.0
+        still = still_pixels(source, reach)
+        print(
+            f"{name}: {float(still.float().mean()) * 100:.0f} % of pixels still; the source changes "
+            f"{mean_change(source, still):.3f} grey levels per frame there"
+        )
         for eye, convergence, smoothing in (
             ("before", 0.5, 0.0),  # the converter before: one eye, plain warp and fill, no smoothing
             ("right", 0.5, 0.0),
@@ -199,7 +227,7 @@ def main() -> None:
             views, lag, seconds = render(
                 frames, moving, make_estimator(), smoothing=smoothing, eye=eye, convergence=convergence
             )
-            ratios = {k: shimmer_ratio(source, v, reach) for k, v in views.items()}
+            ratios = {k: mean_change(v, still) / mean_change(source, still) for k, v in views.items()}
             cells = " ".join(f"{ratios[k]:6.2f}" if k in ratios else f"{'-':>6}" for k in ("right", "left"))
             print(
                 f"{name:>30} {eye:>5} {convergence!s:>11} {smoothing:9.2f} {cells} {lag:6.3f} {seconds:5.1f}"
