@@ -51,11 +51,61 @@ def _add_convert(sub) -> None:
         f"Default {DEFAULT_DEPTH_MODEL}",
     )
     p.add_argument("--budget", type=float, default=3.0, help="depth budget, %% of the width (default 3)")
+
+    # rendering: which eyes, edges, screen plane and comfort, temporal smoothing, per-shot report
+    def convergence(text: str) -> float | str:
+        try:
+            return "auto" if text == "auto" else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'auto' or a number in [0, 1], got {text!r}") from None
+
     p.add_argument(
         "--convergence",
-        type=float,
+        type=convergence,
         default=0.5,
-        help="screen plane: 0 = all in front, 1 = all behind (default 0.5)",
+        help="screen plane: 0 = all in front, 1 = all behind (default 0.5); 'auto' = per shot, the "
+        "salient depth on the screen and the depth held inside --comfort",
+    )
+    p.add_argument(
+        "--comfort",
+        type=float,
+        nargs=2,
+        default=(2.0, 1.5),
+        metavar=("FRONT", "BEHIND"),
+        help="with --convergence auto: the most parallax in front of / behind the screen, %% of the "
+        "width (default 2 1.5)",
+    )
+    p.add_argument(
+        "--eye",
+        choices=("both", "right", "left"),
+        default=None,
+        help="which eyes are synthesized: both (half the disparity each; the default) or one, the "
+        "source being the other (the default with --refiner is right)",
+    )
+    p.add_argument(
+        "--edge-dilation",
+        type=int,
+        nargs="+",
+        default=[2, 1],
+        metavar="X [Y]",
+        help="grow near depth by X (and Y vertical, default X//2) pixels against halos; 0 = off "
+        "(default 2 1)",
+    )
+    p.add_argument(
+        "--smoothing",
+        type=float,
+        default=0.85,
+        help="share of its previous depth a still pixel keeps per frame, in [0, 1): higher = steadier, "
+        "0 = off (default 0.85); moving pixels always follow at once",
+    )
+    p.add_argument(
+        "--lookahead",
+        type=int,
+        default=4,
+        help="frames the automatic screen plane looks ahead (within a chunk; default 4)",
+    )
+    p.add_argument(
+        "--report", default=None, metavar="FILE", help="write each shot's screen plane and depth (.csv/.json)"
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--start", type=float, default=None, help="start time in seconds")
@@ -95,6 +145,14 @@ def _run_convert(args) -> int:
         depth_model=args.depth_model,
         budget=args.budget,
         convergence=args.convergence,
+        comfort=tuple(args.comfort),
+        eye=args.eye or ("right" if args.refiner else "both"),
+        edge_dilation=tuple(args.edge_dilation)
+        if len(args.edge_dilation) != 1
+        else (args.edge_dilation[0], args.edge_dilation[0] // 2),
+        smoothing=args.smoothing,
+        lookahead=args.lookahead,
+        report=args.report,
         device=args.device,
         start=args.start,
         end=args.end,
