@@ -20,6 +20,11 @@ class CorpusConfig:
     the resource settings (device, actor and task counts, CPUs, batch sizes, retries) do not, so
     a corpus can be resumed on another machine with other resources.
 
+    A video longer than ``segment_seconds`` is split at the keyframes nearest below each
+    multiple of it into segments that decode as separate tasks (0 = never split); clips never
+    cross a segment boundary. ``dedupe_bits``: clips of another video whose perceptual hashes
+    differ in at most that many of 64 bits are marked ``duplicate_of`` (-1 = no dedupe).
+
     Pools scale with the cluster: ``*_tasks: null`` lets Ray run as many tasks as there are
     CPUs for them, and ``dvg_actors: [min, null]`` grows the depth + DVG pool up to one actor
     per GPU (or per ``dvg_num_cpus`` on CPU) of the cluster as it is when the job starts.
@@ -46,6 +51,7 @@ class CorpusConfig:
     min_sharpness: float = 0.0
     max_black_border: float = 1.0
     min_motion: float = 0.0
+    segment_seconds: float = 60.0
     # resources (do not change content)
     device: str = "auto"
     gpu_wait_s: float = 300.0
@@ -62,6 +68,7 @@ class CorpusConfig:
     write_tasks: int | None = None
     write_num_cpus: float = 1.0
     max_retries: int = 3
+    dedupe_bits: int = 6
 
     _RESOURCE_FIELDS = (
         "device",
@@ -79,6 +86,7 @@ class CorpusConfig:
         "write_tasks",
         "write_num_cpus",
         "max_retries",
+        "dedupe_bits",
     )
 
     @classmethod
@@ -143,6 +151,14 @@ class CorpusConfig:
             raise ValueError(
                 "need 0 <= max_black_border <= 1, min_sharpness >= 0 and min_motion >= 0, got "
                 f"{self.max_black_border}, {self.min_sharpness}, {self.min_motion}"
+            )
+        if float(self.segment_seconds) < 0:
+            raise ValueError(
+                f"segment_seconds must be >= 0 (0 = never split a video), got {self.segment_seconds}"
+            )
+        if not isinstance(self.dedupe_bits, int) or not -1 <= self.dedupe_bits <= 16:
+            raise ValueError(
+                f"dedupe_bits must be an integer in [-1, 16] (-1 = off), got {self.dedupe_bits!r}"
             )
         if self.device not in ("auto", "cuda", "cpu"):
             raise ValueError(f"device must be auto, cuda or cpu, got {self.device!r}")
