@@ -170,8 +170,13 @@ def _packed_members(root: str, row: dict) -> dict[str, bytes]:
         raise ValueError(
             f"{row['shard']}: expected {size} bytes at {offset}, got {len(data)} (truncated pack)"
         )
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-        found = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            found = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+    except tarfile.TarError as exc:
+        raise ValueError(
+            f"{row['shard']}: no clip members at bytes {offset}..{offset + size} ({exc})"
+        ) from exc
     missing = [row[c] for c in SHARD_FILES if row[c] not in found]
     if missing:
         raise ValueError(f"{row['shard']}: members {missing} not at bytes {offset}..{offset + size}")
