@@ -47,9 +47,9 @@ def near_duplicates(clips: pd.DataFrame, bits: int = 6) -> pd.Series:
     order = np.argsort(clips["clip_id"].to_numpy(), kind="stable")
     ids = clips["clip_id"].to_numpy()[order]
     videos = clips["video_id"].to_numpy()[order]
-    hashes = np.array(
-        [int(h, 16) if isinstance(h, str) and h else -1 for h in clips["phash"].to_numpy()[order]]
-    )
+    texts = clips["phash"].to_numpy()[order]
+    valid = np.array([isinstance(h, str) and len(h) == 16 for h in texts], dtype=bool)
+    values = np.array([int(h, 16) if ok else 0 for h, ok in zip(texts, valid, strict=True)], dtype=np.uint64)
     parent = np.arange(len(ids))
 
     def find(i: int) -> int:
@@ -58,8 +58,6 @@ def near_duplicates(clips: pd.DataFrame, bits: int = 6) -> pd.Series:
             i = parent[i]
         return i
 
-    valid = hashes >= 0
-    values = np.where(valid, hashes, 0).astype(np.uint64)
     for lo, hi in _bands(bits):
         mask = np.uint64((1 << (hi - lo)) - 1)
         keys = (values >> np.uint64(lo)) & mask
