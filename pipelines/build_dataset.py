@@ -288,6 +288,7 @@ def build(
     ``ray_address`` ("local" = embedded) overrides RAY_ADDRESS when Ray is not started yet.
     """
     began = time.perf_counter()
+    config = config.resolved()  # shot_detector: auto → what this machine has, for every worker
     sources = list_sources(source)
     if limit is not None:
         sources = sources[: max(0, limit)]

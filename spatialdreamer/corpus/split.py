@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import Iterator
+
+import torch
 
 from spatialdreamer.corpus.config import CorpusConfig
 from spatialdreamer.corpus.records import TransientError, is_transient, one_line, record_failure
 from spatialdreamer.corpus.segments import finished_clips, segment_is_done, write_segment_record
+from spatialdreamer.corpus.shots import make_shot_detector
 from spatialdreamer.data import storage
 from spatialdreamer.data.ids import clip_id
 from spatialdreamer.video import VideoError, probe_video, stream_frames
 from spatialdreamer.video.clips import ClipSplitter, resize_and_crop
-from spatialdreamer.video.shots import CutDetector
 
 __all__ = ["split_video"]
 
@@ -25,12 +28,12 @@ def split_video(row: dict, root: str, config: CorpusConfig) -> Iterator[dict]:
     uint8), so memory holds one decode chunk and one clip whatever the video's length. A
     segment after the first seeks to its keyframe and decodes only ``[start, end)`` seconds;
     its frames are numbered from its first frame's timestamp, and a segment boundary ends a
-    shot, so the clips do not depend on which tasks ran. Clips never cross a shot cut and keep
-    ``config.trim`` frames away from each cut. Clips already finished are skipped; a segment
-    whose clips are all finished is not decoded. A permanent failure is recorded with its stage
-    (``probe`` before the first frame, ``decode`` after), and the clips completed before it are
-    kept; a transient one (storage throttling, a lost connection) is raised for Ray to retry
-    the task, and nothing is recorded.
+    shot, so the clips do not depend on which tasks ran. Clips never cross a shot cut (found by
+    ``config.shot_detector``) and keep ``config.trim`` frames away from each cut. Clips already
+    finished are skipped; a segment whose clips are all finished is not decoded. A permanent
+    failure is recorded with its stage (``probe`` before the first frame, ``decode`` after), and
+    the clips completed before it are kept; a transient one (storage throttling, a lost
+    connection) is raised for Ray to retry the task, and nothing is recorded.
     """
     path, vid = row["path"], row["video_id"]
     segment, start, end = int(row.get("segment", 0)), row.get("start"), row.get("end")
@@ -44,7 +47,8 @@ def split_video(row: dict, root: str, config: CorpusConfig) -> Iterator[dict]:
         with storage.local_copy(path) as local:
             info = probe_video(local)
             splitter = ClipSplitter(config.clip_length, config.stride, config.min_length, config.trim)
-            cuts = CutDetector(config.cut_threshold, config.cut_window)
+            shots = make_shot_detector(config)
+            waiting: deque[tuple[torch.Tensor, float]] = deque()  # frames whose cut flag is not settled
             first = 0  # index of the segment's first frame in the video
 
             def hand_on(clips):
@@ -58,13 +62,17 @@ def split_video(row: dict, root: str, config: CorpusConfig) -> Iterator[dict]:
                 if frames_seen == 0 and start is not None:
                     first = round(float(chunk.timestamps[0]) * info.fps)
                 frames = resize_and_crop(chunk.frames, config.width, config.height)
-                flags = cuts(frames)
-                for i in range(len(chunk)):
-                    yield from hand_on(splitter.push(frames[i], float(chunk.timestamps[i]), flags[i]))
+                waiting.extend(zip(frames, chunk.timestamps.tolist(), strict=True))
+                for flag in shots.push(frames):
+                    frame, timestamp = waiting.popleft()
+                    yield from hand_on(splitter.push(frame, timestamp, flag))
                 frames_seen += len(chunk)
                 last_time = float(chunk.timestamps[-1])
             if start is not None and end is None:
                 _check_tail(local, info, last_time)
+            for flag in shots.finish():
+                frame, timestamp = waiting.popleft()
+                yield from hand_on(splitter.push(frame, timestamp, flag))
             yield from hand_on(splitter.finish())
     except Exception as exc:  # permanent: recorded; clips emitted before the failure are kept
         if is_transient(exc):
