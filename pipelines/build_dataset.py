@@ -82,10 +82,12 @@ def prepare_output(
                 f"{root} was built with other settings (config hash {previous.get('config_hash')}, now "
                 f"{config.content_hash()}); pass --overwrite to rebuild it or choose another --output"
             )
-    if retry_failed:
+    if retry_failed:  # a video with failures is redone whole (its packs hold only its good clips)
         for vid in storage.list_dirs(storage.join(root, "_failures")):
-            storage.remove_tree(storage.join(root, "_failures", vid))
-            storage.remove_tree(storage.join(root, "_segments", vid))
+            for folder in ("_failures", "_segments", "_rows", "manifest", "shards"):
+                storage.remove_tree(storage.join(root, folder, vid))
+            storage.delete_file(storage.join(root, "_videos", f"{vid}.json"))
+            storage.delete_file(storage.join(root, "failures", f"part-{vid}.parquet"))
     removed = storage.remove_stale_temporaries(root)
     if removed:
         log.info("removed %d temporary files left by an interrupted run", removed)

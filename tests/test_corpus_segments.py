@@ -134,3 +134,28 @@ def test_a_truncated_long_video_keeps_the_segments_before_the_damage(config, tmp
     assert "truncated" in failures.error.iloc[0] or "no frames" in failures.error.iloc[0]
     clips = load_manifest(str(root))
     assert set(clips.segment) >= {0} and clips.end_frame.max() < FRAMES  # the first segment is kept
+
+
+def test_retry_failed_redoes_a_video_whose_packed_segment_lost_a_clip(config, tmp_path, monkeypatch):
+    import spatialdreamer.corpus.write as write_module
+    from spatialdreamer.synth.videos import write_scene
+
+    video = write_scene(random_spec(4, height=96, width=160, frames=24), tmp_path / "in", "v").left
+    real = write_module.write_clip_files
+    broken = {"calls": 0}
+
+    def second_clip_fails(root, batch, i):
+        broken["calls"] += 1
+        if broken["calls"] == 2:
+            raise ValueError("disk says no")
+        return real(root, batch, i)
+
+    monkeypatch.setattr(write_module, "write_clip_files", second_clip_fails)
+    root = str(tmp_path / "corpus")
+    first = build(str(video), root, config, in_process=True)
+    assert first["failures"] == 1 and first["clips_in_corpus"] == first["clips_written"] == 2
+    monkeypatch.setattr(write_module, "write_clip_files", real)
+    again = build(str(video), root, config, in_process=True, retry_failed=True)
+    assert again["failures"] == 0 and again["clips_in_corpus"] == 3
+    clips = load_manifest(root)
+    assert len(clips) == 3 and clips.shard.nunique() == 1  # the retried clip is in the pack
