@@ -8,7 +8,7 @@ RAY_ADDRESS names a cluster. Rerunning resumes: only missing clips are made; a f
 is left as it is; --overwrite rebuilds it.
 
     list sources                                                          driver
-    ─► plan:    keyframe-aligned segments of long videos (index only)      CPU task per video
+    ─► plan:    keyframe-aligned segments of long videos (index only)      driver threads
     ─► split:   probe, decode its range, shot cuts, clips (uint8)          CPU task per segment
     ─► prepare: scores + filters, rgb encode, DIS flow once per pair       CPU task per clip
     ─► dvg:     depth (batched, fp16), warp, warp-back, masks              GPU actor pool
@@ -193,8 +193,8 @@ def run_stages(
 ) -> tuple[int, int, str]:
     """The Ray Data chain over the videos still to do; returns ``(clips, frames, device)``.
 
-    Planning (a few index seeks per video) runs first as its own short pass, so that every
-    segment of a long video becomes a split task of its own. Then the chain streams end to end
+    Planning (a few index seeks per video, :func:`pending_segments`) comes first, so that
+    every segment of a long video becomes a split task of its own. Then the chain streams end to end
     (no groupby, sort or materialize): memory holds a few blocks per stage. Last, each video's
     finished segments are packed by tasks of their own.
     """
@@ -212,11 +212,7 @@ def run_stages(
     retries = config.max_retries
     cpu_stage = _pool(config.split_tasks, retries, config.split_num_cpus)
 
-    segments = (
-        ray.data.from_items(pending, override_num_blocks=len(pending))
-        .flat_map(plan_video, fn_kwargs={"root": root, "config": config}, **cpu_stage)
-        .take_all()
-    )
+    segments = pending_segments(pending, root, config)
     clips = frames = 0
     if segments:
         ds = ray.data.from_items(segments, override_num_blocks=len(segments))
@@ -264,6 +260,15 @@ def pack_videos(videos: list[str], root: str, config: CorpusConfig, in_process: 
         .sum("packed")
     )
     return int(packed or 0)
+
+
+def pending_segments(pending: list[dict], root: str, config: CorpusConfig) -> list[dict]:
+    """The segments still to split of the ``pending`` videos, planned in parallel threads: a
+    plan reads only a container's index (range reads on object storage), and is recorded so a
+    rerun does not open the video again."""
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        planned = list(pool.map(lambda row: plan_video(row, root, config), pending))
+    return [segment for rows in planned for segment in rows]
 
 
 def pending_sources(sources: list[dict], root: str, config: CorpusConfig) -> list[dict]:

@@ -5,6 +5,8 @@ One Ray session for the whole module (Ray's start-up is the slow part); only thi
 
 from __future__ import annotations
 
+import json
+
 import av
 import pandas as pd
 import pytest
@@ -152,3 +154,24 @@ def test_rerun_redoes_only_the_lost_segments(corpus, inputs):
     assert summary["clips_in_corpus"] == len(reference)
     pd.testing.assert_frame_equal(_comparable(load_manifest(str(root))), reference)
     assert all((root / p).exists() for p in lost.shard)
+
+
+def test_ray_job_decodes_a_long_video_as_segment_tasks(ray_session, tmp_path):
+    from test_corpus_segments import FPS, _write_long
+
+    _write_long(tmp_path / "long.mkv")
+    root = tmp_path / "corpus"
+    summary = build(str(tmp_path / "long.mkv"), str(root), load_config("tiny", {"segment_seconds": 1.0}))
+    clips = load_manifest(str(root))
+    # the same clips as the plain loop makes (tests/test_corpus_segments.py): segments at frames 20, 40
+    ranges = list(zip(clips.start_frame, clips.end_frame, strict=True))
+    assert ranges == [(0, 8), (8, 16), (16, 20), (20, 28), (28, 36), (36, 40)] + [
+        (40, 48),
+        (48, 56),
+        (56, 64),
+        (64, 72),
+    ]
+    assert summary["clips_written"] == 10 and list(clips.segment) == [0] * 3 + [1] * 3 + [2] * 4
+    records = sorted((root / "_segments" / clips.video_id.iloc[0]).glob("*.json"))
+    assert [json.loads(p.read_text())["frames"] for p in records] == [20, 20, 32]  # each its own range
+    assert round(json.loads(records[2].read_text())["start"] * FPS) == 40

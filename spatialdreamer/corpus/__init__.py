@@ -4,7 +4,7 @@
 here imports Ray, so every stage also runs in-process (:func:`build_in_process`).
 
     sources   list the source videos (driver)
-    segments  keyframe-aligned time segments of long videos      CPU task per video
+    segments  keyframe-aligned time segments of long videos      driver threads (index reads)
     split     probe, decode (range read), shot cuts, clips       CPU task per segment
     prepare   cheap scores + filters, rgb encode, DIS flow       CPU task per clip
     dvg       depth, disparity, warp, warp-back, masks           GPU actor (CPU without GPUs)

@@ -64,6 +64,7 @@ def pack_segment(root: str, vid: str, segment: int, clips: list[str]) -> int:
         return 0
     rows = sorted(_rows_of(root, vid, clips), key=lambda r: r["clip_id"])
     if not rows:  # every clip failed or was filtered: nothing to pack, the failures say why
+        _remove_loose(root, vid, clips)  # files a killed writer left for a clip that then failed
         return 0
     relative = pack_path(vid, segment)
     with tempfile.TemporaryDirectory(prefix="spatialdreamer-pack-") as tmp:

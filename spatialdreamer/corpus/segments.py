@@ -30,6 +30,7 @@ from spatialdreamer.corpus.records import (
     video_record_path,
 )
 from spatialdreamer.data import storage
+from spatialdreamer.video.streams import main_video_stream
 
 __all__ = [
     "finished_clips",
@@ -65,9 +66,9 @@ def keyframe_boundaries(path: str, segment_seconds: float) -> list[float]:
     if segment_seconds <= 0:
         return [0.0]
     with _open_for_seeking(path) as source, av.open(source) as container:
-        if not container.streams.video:
+        stream, _ = main_video_stream(container)  # the stream the decoder reads (no cover art)
+        if stream is None:
             return [0.0]
-        stream = container.streams.video[0]
         base = stream.time_base
         start = stream.start_time or 0
         if stream.duration is not None:
