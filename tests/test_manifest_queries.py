@@ -40,7 +40,7 @@ def corpus(tmp_path_factory):
 
 def test_manifest_has_the_documented_schema_one_row_per_clip(corpus):
     clips = load_manifest(str(corpus))
-    assert list(clips.columns) == CLIP_SCHEMA.names
+    assert list(clips.columns) == [*CLIP_SCHEMA.names, "duplicate_of"]
     assert len(clips) == 9 and clips["clip_id"].is_unique
     assert list(clips["clip_id"]) == sorted(clips["clip_id"])
     assert set(clips["source"]) == {"films", "shorts"} and set(clips["license"]) == {"CC-BY", "CC0"}
@@ -58,9 +58,9 @@ def test_load_manifest_from_root_folder_part_and_uri(corpus):
     whole = load_manifest(str(corpus))
     pd.testing.assert_frame_equal(load_manifest(str(corpus / "manifest")), whole)
     pd.testing.assert_frame_equal(load_manifest(f"file://{corpus}"), whole)
-    part = next((corpus / "manifest").glob("part-*.parquet"))
+    part = next((corpus / "manifest").glob("*/part-*.parquet"))  # manifest/<video_id>/part-<segment>
     one = load_manifest(str(part))
-    assert set(one["video_id"]) == {part.stem[len("part-") :]} and len(one) == 3
+    assert set(one["video_id"]) == {part.parent.name} and len(one) == 3
 
 
 def test_documented_pandas_queries(corpus):
