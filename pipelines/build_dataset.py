@@ -8,11 +8,13 @@ RAY_ADDRESS names a cluster. Rerunning resumes: only missing clips are made; a f
 is left as it is; --overwrite rebuilds it.
 
     list sources                                                          driver
-    ─► split:   probe, decode, shot cuts, clips (uint8)                    CPU task per video
+    ─► plan:    keyframe-aligned segments of long videos (index only)      driver threads
+    ─► split:   probe, decode its range, shot cuts, clips (uint8)          CPU task per segment
     ─► prepare: scores + filters, rgb encode, DIS flow once per pair       CPU task per clip
     ─► dvg:     depth (batched, fp16), warp, warp-back, masks              GPU actor pool
     ─► write:   encode views, lossless masks/disparity, row record         CPU task per clip
-    ─► manifest/ and failures/ parts, one per video, from the records
+    ─► pack:    each segment's clips → one tar + one manifest part         CPU task per video
+    ─► failures/ parts from the records; near-duplicates (duplicates/)     driver
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from spatialdreamer.cli.help import HelpFormatter, add_verbose
 if TYPE_CHECKING:  # the library loads torch: imported where used, so --help answers at once
     from spatialdreamer.corpus import CorpusConfig
 
-_MANAGED_DIRS = ("manifest", "failures", "shards", "_rows", "_failures", "_videos")
+_MANAGED_DIRS = ("manifest", "failures", "duplicates", "shards", "_rows", "_failures", "_videos", "_segments")
 _MANAGED_FILES = ("_job.json", "_SUCCESS.json")
 # A small block target makes every clip its own block (a clip is > 1 MiB at any useful size):
 # the stages pipeline clip by clip, not video by video, and memory is bounded by a few clips per
@@ -83,10 +85,12 @@ def prepare_output(
                 f"{root} was built with other settings (config hash {previous.get('config_hash')}, now "
                 f"{config.content_hash()}); pass --overwrite to rebuild it or choose another --output"
             )
-    if retry_failed:
+    if retry_failed:  # a video with failures is redone whole (its packs hold only its good clips)
         for vid in storage.list_dirs(storage.join(root, "_failures")):
-            storage.remove_tree(storage.join(root, "_failures", vid))
+            for folder in ("_failures", "_segments", "_rows", "manifest", "shards"):
+                storage.remove_tree(storage.join(root, folder, vid))
             storage.delete_file(storage.join(root, "_videos", f"{vid}.json"))
+            storage.delete_file(storage.join(root, "failures", f"part-{vid}.parquet"))
     removed = storage.remove_stale_temporaries(root)
     if removed:
         log.info("removed %d temporary files left by an interrupted run", removed)
@@ -194,7 +198,10 @@ def run_stages(
 ) -> tuple[int, int, str]:
     """The Ray Data chain over the videos still to do; returns ``(clips, frames, device)``.
 
-    Streaming end to end (no groupby, sort or materialize): memory holds a few blocks per stage.
+    Planning (a few index seeks per video, :func:`pending_segments`) comes first, so that
+    every segment of a long video becomes a split task of its own. Then the chain streams end to end
+    (no groupby, sort or materialize): memory holds a few blocks per stage. Last, each video's
+    finished segments are packed by tasks of their own.
     """
     ray = _init_ray(ray_address)
     from ray.data import DataContext
@@ -216,37 +223,66 @@ def run_stages(
     print(f"build_dataset: depth + DVG on {device} ({reason})", file=sys.stderr)
     dvg = _dvg_pool(ray, config, device)
     retries = config.max_retries
+    cpu_stage = _pool(config.split_tasks, retries, config.split_num_cpus)
 
-    ds = ray.data.from_items(pending, override_num_blocks=len(pending))
-    ds = ds.flat_map(
-        split_video,
-        fn_kwargs={"root": root, "config": config},
-        **_pool(config.split_tasks, retries, config.split_num_cpus),
-    )
-    ds = ds.map_batches(
-        prepare_clips,
-        fn_kwargs={"root": root, "config": config},
-        batch_size=1,
-        **_pool(config.prepare_tasks, retries, config.prepare_num_cpus),
-    )
-    ds = ds.map_batches(
-        DepthDVGStage,
-        fn_constructor_kwargs={"config": config, "root": root, "device": device},
-        max_restarts=retries,
-        max_task_retries=retries,
-        **dvg,
-    )
-    ds = ds.map_batches(
-        write_clip_stage,
-        fn_kwargs={"root": root, "config": config},
-        batch_size=1,
-        **_pool(config.write_tasks, retries, config.write_num_cpus),
-    )
+    segments = pending_segments(pending, root, config)
     clips = frames = 0
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        clips += len(batch["clip_id"])
-        frames += int(batch["num_frames"].sum())
+    if segments:
+        ds = ray.data.from_items(segments, override_num_blocks=len(segments))
+        ds = ds.flat_map(split_video, fn_kwargs={"root": root, "config": config}, **cpu_stage)
+        ds = ds.map_batches(
+            prepare_clips,
+            fn_kwargs={"root": root, "config": config},
+            batch_size=1,
+            **_pool(config.prepare_tasks, retries, config.prepare_num_cpus),
+        )
+        ds = ds.map_batches(
+            DepthDVGStage,
+            fn_constructor_kwargs={"config": config, "root": root, "device": device},
+            max_restarts=retries,
+            max_task_retries=retries,
+            **dvg,
+        )
+        ds = ds.map_batches(
+            write_clip_stage,
+            fn_kwargs={"root": root, "config": config},
+            batch_size=1,
+            **_pool(config.write_tasks, retries, config.write_num_cpus),
+        )
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            clips += len(batch["clip_id"])
+            frames += int(batch["num_frames"].sum())
     return clips, frames, device
+
+
+def pack_videos(videos: list[str], root: str, config: CorpusConfig, in_process: bool = False) -> int:
+    """Pack the finished segments of ``videos`` (a Ray task per video, on the workers the
+    stages warmed up: plain tasks start in milliseconds, a Ray Data pass in seconds); returns
+    the clips packed."""
+    if not videos:
+        return 0
+    from spatialdreamer.corpus import TransientError, pack_video
+
+    rows = [{"video_id": vid} for vid in videos]
+    if in_process:
+        return sum(pack_video(row, root, config)["packed"] for row in rows)
+    ray = _init_ray(None)
+    task = ray.remote(
+        num_cpus=config.write_num_cpus, max_retries=config.max_retries, retry_exceptions=[TransientError]
+    )(pack_video)
+    config_ref = ray.put(config)
+    return sum(done["packed"] for done in ray.get([task.remote(row, root, config_ref) for row in rows]))
+
+
+def pending_segments(pending: list[dict], root: str, config: CorpusConfig) -> list[dict]:
+    """The segments still to split of the ``pending`` videos, planned in parallel threads: a
+    plan reads only a container's index (range reads on object storage), and is recorded so a
+    rerun does not open the video again."""
+    from spatialdreamer.corpus import plan_video
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        planned = list(pool.map(lambda row: plan_video(row, root, config), pending))
+    return [segment for rows in planned for segment in rows]
 
 
 def pending_sources(sources: list[dict], root: str, config: CorpusConfig) -> list[dict]:
@@ -274,11 +310,12 @@ def build(
     ``in_process`` runs the same stages in a plain loop without Ray (debugging, benchmarks);
     ``ray_address`` ("local" = embedded) overrides RAY_ADDRESS when Ray is not started yet.
     """
-    from spatialdreamer.corpus import FILTER_STAGE, LIST_STAGE, find_sources, record_failure
+    from spatialdreamer.corpus import FILTER_STAGE, LIST_STAGE, find_sources, mark_duplicates, record_failure
     from spatialdreamer.data import storage
-    from spatialdreamer.data.manifest import compact_table, load_manifest
+    from spatialdreamer.data.manifest import compact_table, count_rows, load_manifest
 
     began = time.perf_counter()
+    config = config.resolved()  # shot_detector: auto → what this machine has, for every worker
     listing = find_sources(source, exclude=[root])
     sources = listing.videos
     if limit is not None:
@@ -299,8 +336,14 @@ def build(
         clips, frames = build_in_process(pending, root, config, device=device)
     elif pending:
         clips, frames, device = run_stages(pending, root, config, ray_address)
-    total_clips = compact_table(root, "clips")
+    # what is left to pack: this run's videos, and any a killed run wrote but did not pack
+    unpacked = sorted(
+        {row["video_id"] for row in pending} | set(storage.list_dirs(storage.join(root, "_rows")))
+    )
+    pack_videos(unpacked, root, config, in_process=in_process)
+    total_clips = count_rows(root, "clips")
     total_failures = compact_table(root, "failures")
+    duplicates = mark_duplicates(root, config.dedupe_bits) if total_clips else 0
     failures = load_manifest(root, table="failures", columns=["video_id", "clip_id", "stage"])
     filtered = int((failures["stage"] == FILTER_STAGE).sum())
     whole = failures[failures["clip_id"].isna() & (failures["stage"] != LIST_STAGE)]
@@ -318,6 +361,7 @@ def build(
         "frames_written": frames,
         "clips_in_corpus": total_clips,
         "clips_filtered": filtered,
+        "clips_duplicate": duplicates,
         "failures": total_failures - filtered,
         "device": device,
         "wall_seconds": round(elapsed, 2),

@@ -5,6 +5,8 @@ One Ray session for the whole module (Ray's start-up is the slow part); only thi
 
 from __future__ import annotations
 
+import json
+
 import av
 import pandas as pd
 import pytest
@@ -91,9 +93,13 @@ def test_ray_job_builds_the_corpus_and_records_every_bad_file(corpus):
     assert clips["clip_id"].is_unique
     assert (clips[["width", "height", "num_frames"]] == [128, 80, 8]).all().all()
     assert set(clips.loc[clips.source == "films", "tags"].map(tuple)) == {("synth", "pan")}
-    for row in clips.itertuples():
-        for column in SHARD_FILES:
-            assert (root / getattr(row, column)).stat().st_size > 0
+    for row in clips.itertuples():  # each clip's files are members of its segment's pack
+        assert (root / row.shard).stat().st_size >= row.shard_offset + row.shard_size
+        assert [getattr(row, column) for column in SHARD_FILES] == [
+            f"{row.clip_id}.{name}" for name in SHARD_FILES.values()
+        ]
+    assert {p.suffix for p in (root / "shards").rglob("*") if p.is_file()} == {".tar"}
+    assert len(list((root / "manifest").rglob("*.parquet"))) == clips.shard.nunique()
     failures = load_manifest(str(root), table="failures").set_index("path")
     stages = {
         p.rsplit("/", 1)[-1]: (s, e)
@@ -135,16 +141,38 @@ def test_rerunning_a_finished_job_does_nothing(corpus, inputs):
     assert changed == set()
 
 
-def test_rerun_redoes_only_the_missing_clips(corpus, inputs):
+def test_rerun_redoes_only_the_lost_segments(corpus, inputs):
     root, _ = corpus
     reference = _comparable(load_manifest(str(root)))
     clips = load_manifest(str(root))
-    lost = clips[clips.source == "films"].groupby("video_id").head(1).head(2)  # two clips of two videos
+    lost = clips[clips.source == "films"].drop_duplicates("shard").head(2)  # two videos' packs
     for row in lost.itertuples():
-        (root / "_rows" / row.video_id / f"{row.clip_id}.json").unlink()
-        (root / row.rgb_path).unlink()
+        (root / row.shard).unlink()
+        (root / "manifest" / row.video_id / f"part-{row.segment:04d}.parquet").unlink()
+    redone = int(clips.shard.isin(lost.shard).sum())
     summary = build(str(inputs), str(root), load_config("tiny"))
-    assert summary["videos_processed"] == 2 and summary["clips_written"] == 2
+    assert summary["videos_processed"] == 2 and summary["clips_written"] == redone
     assert summary["clips_in_corpus"] == len(reference)
     pd.testing.assert_frame_equal(_comparable(load_manifest(str(root))), reference)
-    assert all((root / p).exists() for p in lost.rgb_path)
+    assert all((root / p).exists() for p in lost.shard)
+
+
+def test_ray_job_decodes_a_long_video_as_segment_tasks(ray_session, tmp_path):
+    from test_corpus_segments import FPS, _write_long
+
+    _write_long(tmp_path / "long.mkv")
+    root = tmp_path / "corpus"
+    summary = build(str(tmp_path / "long.mkv"), str(root), load_config("tiny", {"segment_seconds": 1.0}))
+    clips = load_manifest(str(root))
+    # the same clips as the plain loop makes (tests/test_corpus_segments.py): segments at frames 20, 40
+    ranges = list(zip(clips.start_frame, clips.end_frame, strict=True))
+    assert ranges == [(0, 8), (8, 16), (16, 20), (20, 28), (28, 36), (36, 40)] + [
+        (40, 48),
+        (48, 56),
+        (56, 64),
+        (64, 72),
+    ]
+    assert summary["clips_written"] == 10 and list(clips.segment) == [0] * 3 + [1] * 3 + [2] * 4
+    records = sorted((root / "_segments" / clips.video_id.iloc[0]).glob("*.json"))
+    assert [json.loads(p.read_text())["frames"] for p in records] == [20, 20, 32]  # each its own range
+    assert round(json.loads(records[2].read_text())["start"] * FPS) == 40

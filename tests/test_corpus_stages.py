@@ -201,7 +201,7 @@ def test_split_video_resizes_to_training_size_and_ids_are_deterministic(media, t
     assert clips[0]["frames"].shape == (8, 80, 128, 3) and clips[0]["frames"].dtype == np.uint8
     assert clips[0]["clip_id"] == f"{row['video_id']}-000000-000008"
     assert (clips[0]["source_width"], clips[0]["source_height"]) == (160, 96)
-    record = json.loads((tmp_path / "_videos" / f"{row['video_id']}.json").read_text())
+    record = json.loads((tmp_path / "_segments" / row["video_id"] / "0000.json").read_text())
     assert record["status"] == "complete" and record["frames"] == 40 and len(record["clips"]) == 5
 
 
@@ -275,9 +275,11 @@ def built(media, tiny, tmp_path_factory):
 def test_shards_hold_lossless_masks_and_disparity(built, media, tiny, tmp_path):
     root, clips, frames = built
     assert (clips, frames) == (10, 80)
-    rows = list((root / "_rows").rglob("*.json"))
-    record = json.loads(rows[0].read_text())
-    assert {k for k in SHARD_FILES} <= set(record)
+    # every clip packed: one tar per segment, the loose files and row records are gone
+    assert not list((root / "_rows").rglob("*.json"))
+    assert {p.suffix for p in (root / "shards").rglob("*") if p.is_file()} == {".tar"}
+    record = load_manifest(str(root)).iloc[0].to_dict()
+    assert {k for k in SHARD_FILES} <= set(record) and record["shard"].endswith(".tar")
     stored = read_clip(str(root), record)
     # recompute the clip's DVG output and compare what came back from the files
     source = list_sources(record["source_path"])[0]
@@ -382,5 +384,5 @@ def test_uri_input_and_output(media, tiny, tmp_path):
     assert summary["clips_in_corpus"] == 10 and summary["failures"] == 0
     clips = load_manifest(root)
     assert clips.source_path.str.startswith("file://").all() and set(clips.source) == {"good"}
-    assert (tmp_path / "corpus" / clips.rgb_path.iloc[0]).is_file()
+    assert (tmp_path / "corpus" / clips.shard.iloc[0]).is_file()
     assert build(f"file://{media['good']}", root, tiny, in_process=True)["videos_processed"] == 0

@@ -41,7 +41,7 @@ def corpus(tmp_path_factory):
 
 def test_manifest_has_the_documented_schema_one_row_per_clip(corpus):
     clips = load_manifest(str(corpus))
-    assert list(clips.columns) == CLIP_SCHEMA.names
+    assert list(clips.columns) == [*CLIP_SCHEMA.names, "duplicate_of"]
     assert len(clips) == 9 and clips["clip_id"].is_unique
     assert list(clips["clip_id"]) == sorted(clips["clip_id"])
     assert set(clips["source"]) == {"films", "shorts"} and set(clips["license"]) == {"CC-BY", "CC0"}
@@ -59,9 +59,9 @@ def test_load_manifest_from_root_folder_part_and_uri(corpus):
     whole = load_manifest(str(corpus))
     pd.testing.assert_frame_equal(load_manifest(str(corpus / "manifest")), whole)
     pd.testing.assert_frame_equal(load_manifest(f"file://{corpus}"), whole)
-    part = next((corpus / "manifest").glob("part-*.parquet"))
+    part = next((corpus / "manifest").glob("*/part-*.parquet"))  # manifest/<video_id>/part-<segment>
     one = load_manifest(str(part))
-    assert set(one["video_id"]) == {part.stem[len("part-") :]} and len(one) == 3
+    assert set(one["video_id"]) == {part.parent.name} and len(one) == 3
 
 
 def test_documented_pandas_queries(corpus):
@@ -106,21 +106,17 @@ def test_a_corpus_without_failures_has_an_empty_failures_table(corpus, tmp_path)
     assert "failures: 0" in summarize_manifest(load_manifest(str(clean)), failures)
 
 
-def test_compaction_rewrites_only_stale_parts_and_drops_empty_ones(corpus, tmp_path):
+def test_failures_compaction_rewrites_only_stale_parts_and_drops_empty_ones(corpus, tmp_path):
     import shutil
 
     copy = tmp_path / "copy"
     shutil.copytree(corpus, copy)
-    parts = sorted((copy / "manifest").glob("part-*.parquet"))
+    parts = sorted((copy / "failures").glob("part-*.parquet"))
     stamps = {p: p.stat().st_mtime_ns for p in parts}
-    assert compact_table(str(copy), "clips") == 9
+    assert compact_table(str(copy), "failures") == 1
     assert all(p.stat().st_mtime_ns == stamps[p] for p in parts)  # up to date: untouched
-    vid = parts[0].stem[len("part-") :]
-    dropped = sorted((copy / "_rows" / vid).glob("*.json"))[0]
-    dropped.unlink()
-    assert compact_table(str(copy), "clips") == 8
-    assert len(load_manifest(str(copy))) == 8 and dropped.stem not in set(load_manifest(str(copy)).clip_id)
-    assert all(p.stat().st_mtime_ns == stamps[p] for p in parts[1:])
+    with pytest.raises(ValueError, match="only the failures table"):
+        compact_table(str(copy), "clips")  # clips are packed by the job, never compacted
     shutil.rmtree(copy / "_failures")
     assert compact_table(str(copy), "failures") == 0
     assert not list((copy / "failures").glob("*.parquet"))
@@ -194,8 +190,8 @@ def test_schema_doc_queries_run_on_a_real_corpus(corpus):
     assert len(df) == 9 and len(namespace["films"]) == 6 and len(namespace["night"]) == 3
     assert len(namespace["open_licensed"]) == 9
     assert set(namespace["per_source"].index) == {"films", "shorts"}
-    assert list(namespace["slim"].columns) == ["clip_id", "rgb_path", "hole_ratio"]
-    assert Path(namespace["rgb_file"]).is_file()
+    assert list(namespace["slim"].columns) == ["clip_id", "shard", "hole_ratio"]
+    assert namespace["clip"].rgb.shape[0] == df.num_frames.iloc[0] and len(namespace["unique"]) == 9
     assert namespace["by_stage"].to_dict() == {"probe": 1}
 
 

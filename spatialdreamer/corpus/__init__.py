@@ -4,25 +4,30 @@
 here imports Ray, so every stage also runs in-process (:func:`build_in_process`).
 
     sources   list the source videos (driver)
-    split     probe, decode, shot cuts, clips                    CPU task per video
+    segments  keyframe-aligned time segments of long videos      driver threads (index reads)
+    split     probe, decode (range read), shot cuts, clips       CPU task per segment
     prepare   cheap scores + filters, rgb encode, DIS flow       CPU task per clip
     dvg       depth, disparity, warp, warp-back, masks           GPU actor (CPU without GPUs)
     write     encode views, lossless masks/disparity, row        CPU task per clip
+    pack      a segment's clips → one tar + one manifest part    CPU task per video
+    dedupe    near-duplicate clips across videos (phash bands)   driver, 3 manifest columns
     records   the per-clip/per-video records that make resume exact; the failure policy
 """
 
 from spatialdreamer.corpus.batches import rows_to_batch
 from spatialdreamer.corpus.config import CorpusConfig
+from spatialdreamer.corpus.dedupe import mark_duplicates, near_duplicates
 from spatialdreamer.corpus.dvg import DepthDVGStage, clip_budget
 from spatialdreamer.corpus.local import build_in_process
+from spatialdreamer.corpus.pack import pack_video
 from spatialdreamer.corpus.prepare import FILTER_STAGE, prepare_clips
 from spatialdreamer.corpus.records import (
     TransientError,
     accounted_clips,
     is_transient,
     record_failure,
-    video_is_done,
 )
+from spatialdreamer.corpus.segments import keyframe_boundaries, plan_video, video_is_done
 from spatialdreamer.corpus.sources import (
     LIST_STAGE,
     VIDEO_SUFFIXES,
@@ -46,7 +51,12 @@ __all__ = [
     "clip_budget",
     "find_sources",
     "is_transient",
+    "keyframe_boundaries",
     "list_sources",
+    "mark_duplicates",
+    "near_duplicates",
+    "pack_video",
+    "plan_video",
     "prepare_clips",
     "record_failure",
     "rows_to_batch",

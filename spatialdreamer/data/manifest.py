@@ -1,14 +1,17 @@
-"""The corpus manifest (one row per clip) and failures table: schema, compaction, loading.
+"""The corpus manifest (one row per clip) and failures table: schema, parts, loading.
 
 Layout of a corpus root::
 
-    manifest/part-<video_id>.parquet   clips table, one row per clip (what users query)
-    failures/part-<video_id>.parquet   what could not be used: path, stage, error
-    shards/<video_id>/<clip_id>/       the clip's videos and lossless masks/disparity
-    _rows/, _failures/, _videos/       per-clip / per-failure / per-video records the job writes
-                                       as it goes; the tables are compacted from them, so a
-                                       crashed job resumes from exactly what was finished
-    _job.json, _SUCCESS.json           the build's settings; the last run's summary
+    manifest/<video_id>/part-<segment>.parquet  clips table, one part per video segment
+    failures/part-<video_id>.parquet            what could not be used: path, stage, error
+    duplicates/part-0.parquet                   clip_id → duplicate_of (near-duplicates)
+    shards/<video_id>/<segment>.tar             the segment's clips: videos, lossless masks/disparity
+    _rows/, _failures/, _videos/, _segments/    records the job writes as it goes, so a crashed
+                                                job resumes from exactly what was finished
+    _job.json, _SUCCESS.json                    the build's settings; the last run's summary
+
+The clips table is a partitioned Parquet dataset: each part is written once, by the task that
+packs its segment, and never merged; readers open the folder as one dataset.
 """
 
 from __future__ import annotations
@@ -28,19 +31,25 @@ from spatialdreamer.data import storage
 
 __all__ = [
     "CLIP_SCHEMA",
+    "DUPLICATE_SCHEMA",
     "FAILURE_SCHEMA",
     "compact_table",
+    "compact_video",
+    "count_rows",
     "describe_corpus",
     "format_failures",
     "load_manifest",
+    "manifest_part",
     "read_records",
     "summarize_manifest",
+    "to_clip_table",
 ]
 
 CLIP_SCHEMA = pa.schema(
     [
         ("clip_id", pa.string()),
         ("video_id", pa.string()),
+        ("segment", pa.int32()),
         ("shot_id", pa.int32()),
         ("source_path", pa.string()),
         ("source", pa.string()),
@@ -80,6 +89,9 @@ CLIP_SCHEMA = pa.schema(
         ("back_path", pa.string()),
         ("back_mask_path", pa.string()),
         ("disparity_path", pa.string()),
+        ("shard", pa.string()),
+        ("shard_offset", pa.int64()),
+        ("shard_size", pa.int64()),
         ("config_hash", pa.string()),
         ("created_time", pa.timestamp("us", tz="UTC")),
     ]
@@ -96,8 +108,19 @@ FAILURE_SCHEMA = pa.schema(
     ]
 )
 
-_TABLES = {"clips": ("manifest", "_rows", CLIP_SCHEMA), "failures": ("failures", "_failures", FAILURE_SCHEMA)}
-_SORT = {"clips": ["clip_id"], "failures": ["clip_id", "stage", "path"]}
+DUPLICATE_SCHEMA = pa.schema([("clip_id", pa.string()), ("duplicate_of", pa.string())])
+
+_TABLES = {
+    "clips": ("manifest", "_rows", CLIP_SCHEMA),
+    "failures": ("failures", "_failures", FAILURE_SCHEMA),
+    "duplicates": ("duplicates", None, DUPLICATE_SCHEMA),
+}
+_SORT = {"clips": ["clip_id"], "failures": ["clip_id", "stage", "path"], "duplicates": ["clip_id"]}
+
+
+def manifest_part(vid: str, segment: int) -> str:
+    """The clips-table part of one video segment, relative to the corpus root."""
+    return f"manifest/{vid}/part-{segment:04d}.parquet"
 
 
 def read_records(root: str, folder: str) -> list[dict]:
@@ -114,7 +137,16 @@ def _to_table(records: list[dict], schema: pa.Schema, sort_keys: list[str]) -> p
     return pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
 
 
-def _compact_video(root: str, table: str, vid: str) -> int:
+def to_clip_table(records: list[dict]) -> pa.Table:
+    """Clip records (dicts with the :data:`CLIP_SCHEMA` columns) → a clips-table part, by ID."""
+    return _to_table(records, CLIP_SCHEMA, _SORT["clips"])
+
+
+def compact_video(root: str, table: str, vid: str) -> int:
+    """Bring one video's part of the failures table up to date with its records; returns its
+    row count. (Clips are not compacted: the corpus job packs them, segment by segment.)"""
+    if table != "failures":
+        raise ValueError(f"only the failures table is compacted from records, not {table!r}")
     folder, records_folder, schema = _TABLES[table]
     part = storage.join(root, folder, f"part-{vid}.parquet")
     paths = storage.list_files(storage.join(root, records_folder, vid), (".json",), recursive=False)
@@ -133,17 +165,16 @@ def _compact_video(root: str, table: str, vid: str) -> int:
     return len(records)
 
 
-def compact_table(root: str, table: str = "clips", workers: int = 8) -> int:
-    """Bring ``manifest/`` (or ``failures/``) up to date with the per-record files; returns the
-    table's row count.
+def compact_table(root: str, table: str = "failures", workers: int = 8) -> int:
+    """Bring ``failures/`` up to date with the per-record files; returns the table's row count.
 
     One Parquet part per source video (``part-<video_id>.parquet``, rows sorted by ID), built
     from that video's records alone: memory holds one video's rows whatever the corpus size,
     parts already up to date are not rewritten, and a resumed job ends with the same parts as
     an uninterrupted one.
     """
-    if table not in _TABLES:
-        raise ValueError(f"table must be one of {sorted(_TABLES)}, got {table!r}")
+    if table != "failures":
+        raise ValueError(f"only the failures table is compacted from records, not {table!r}")
     folder, records_folder, _ = _TABLES[table]
     videos = set(storage.list_dirs(storage.join(root, records_folder)))
     for path in storage.list_files(storage.join(root, folder), (".parquet",), recursive=False):
@@ -151,7 +182,16 @@ def compact_table(root: str, table: str = "clips", workers: int = 8) -> int:
         if name.startswith("part-"):
             videos.add(name[len("part-") : -len(".parquet")])
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return sum(pool.map(lambda vid: _compact_video(root, table, vid), sorted(videos)))
+        return sum(pool.map(lambda vid: compact_video(root, table, vid), sorted(videos)))
+
+
+def count_rows(root: str, table: str = "clips") -> int:
+    """Rows of a table, from the Parquet footers alone (no row is read)."""
+    location = _table_location(os.fspath(root), table)
+    if location is None:
+        return 0
+    fs, inner = storage.open_filesystem(location)
+    return pads.dataset(inner, filesystem=fs, format="parquet", schema=_TABLES[table][2]).count_rows()
 
 
 def _table_location(path: str, table: str) -> str | None:
@@ -177,7 +217,8 @@ def load_manifest(
     ``path`` is a corpus root (local or any pyarrow URI), its ``manifest/`` folder or a Parquet
     part. ``columns`` and ``filters`` (pyarrow DNF, e.g. ``[("hole_ratio", "<", 0.05)]``) are
     pushed down to Parquet, so a query reads only what it needs. A corpus with no failures has an
-    empty failures table. Example::
+    empty failures table. The clips table carries ``duplicate_of`` (from ``duplicates/``: the
+    clip of another video it nearly repeats, else null). Example::
 
         df = load_manifest("corpus/")
         calm = df[(df.hole_ratio < 0.05) & (df.motion_score < 2)]
@@ -186,7 +227,11 @@ def load_manifest(
         raise ValueError(f"table must be one of {sorted(_TABLES)}, got {table!r}")
     folder, _, schema = _TABLES[table]
     path = os.fspath(path)
+    joined = table == "clips" and (columns is None or "duplicate_of" in columns)
     if columns is not None:
+        columns = [c for c in columns if not (table == "clips" and c == "duplicate_of")]
+        if joined and "clip_id" not in columns:
+            columns = ["clip_id", *columns]
         unknown = sorted(set(columns) - set(schema.names))
         if unknown:
             raise ValueError(
@@ -197,7 +242,7 @@ def load_manifest(
         built = storage.exists(storage.join(path, "_job.json")) or storage.exists(
             storage.join(path, "manifest")
         )
-        if table == "failures" and built:
+        if built:
             empty = schema.empty_table()
             return (empty.select(columns) if columns else empty).to_pandas()
         raise FileNotFoundError(
@@ -208,9 +253,22 @@ def load_manifest(
     dataset = pads.dataset(inner, filesystem=fs, format="parquet", schema=schema)
     expression = pq.filters_to_expression(filters) if filters else None
     frame = dataset.to_table(columns=columns, filter=expression).to_pandas()
+    if joined:
+        frame = _with_duplicates(path, frame)
     keys = [k for k in _SORT[table] if k in frame.columns]
     if keys and len(frame):
         frame = frame.sort_values(keys, kind="stable", na_position="first").reset_index(drop=True)
+    return frame
+
+
+def _with_duplicates(path: str, frame: pd.DataFrame) -> pd.DataFrame:
+    location = _table_location(path, "duplicates")
+    if location is None:
+        return frame.assign(duplicate_of=pd.Series([None] * len(frame), dtype=object, index=frame.index))
+    fs, inner = storage.open_filesystem(location)
+    duplicates = pads.dataset(inner, filesystem=fs, format="parquet", schema=DUPLICATE_SCHEMA).to_table()
+    frame = frame.merge(duplicates.to_pandas(), on="clip_id", how="left")
+    frame["duplicate_of"] = frame["duplicate_of"].astype(object).where(frame["duplicate_of"].notna(), None)
     return frame
 
 

@@ -1,4 +1,10 @@
-"""Per-clip shards: the source clip, its DVG views, and lossless masks and disparity.
+"""Clip shards: the source clip, its DVG views, and lossless masks and disparity.
+
+A clip is six files. The corpus job writes them loose (``shards/<video>/<clip>/``) while it
+runs, then packs each segment's clips into one tar (:func:`pack_clips`, WebDataset layout:
+members ``<clip_id>.<name>`` in clip order), so a corpus has one file per segment instead of
+six per clip, and the manifest row's ``shard``/``shard_offset``/``shard_size`` give the byte
+range holding all six files of the clip: a training sample is one ranged read.
 
 RGB goes through H.264 in RGB 4:4:4 (``libx264rgb``, CRF 17 by default): the source clip is the
 training target of the warp-back pair, and 4:2:0 chroma subsampling cost 5-10 dB on saturated
@@ -9,7 +15,9 @@ so a corpus can be moved or copied to object storage as a whole.
 
 from __future__ import annotations
 
+import io
 import os
+import tarfile
 import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
@@ -22,7 +30,16 @@ from spatialdreamer.data import storage
 from spatialdreamer.data.codecs import disparity_from_u16, disparity_to_u16
 from spatialdreamer.video import read_lossless, stream_frames, write_lossless
 
-__all__ = ["SHARD_FILES", "ClipArrays", "encode_rgb", "read_clip", "shard_dir", "write_clip"]
+__all__ = [
+    "SHARD_FILES",
+    "ClipArrays",
+    "PackedClip",
+    "encode_rgb",
+    "pack_clips",
+    "read_clip",
+    "shard_dir",
+    "write_clip",
+]
 
 # manifest column -> file name inside the clip's shard folder
 SHARD_FILES = {
@@ -87,13 +104,111 @@ def write_clip(
     return relative
 
 
+@dataclass(frozen=True)
+class PackedClip:
+    """Where a clip's files sit in a pack: the byte range ``[offset, offset + size)`` of the
+    tar covers its members (headers included) and ``members`` maps manifest column → name."""
+
+    offset: int
+    size: int
+    members: dict[str, str]
+
+
+def _member_info(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)  # fixed metadata: the same clips always give the same bytes
+    info.size, info.mtime, info.mode = size, 0, 0o644
+    return info
+
+
+def pack_clips(tar_path: str, clips: dict[str, dict[str, str]]) -> dict[str, PackedClip]:
+    """Write the loose files of ``clips`` (clip ID → manifest column → local file) into one
+    uncompressed tar at the local ``tar_path``, clips in ID order; returns each clip's range.
+
+    Members are named ``<clip_id>.<file name>`` (e.g. ``…-000016.rgb.mp4``), the WebDataset
+    convention, so the pack also streams with WebDataset-style readers.
+    """
+    placed: dict[str, PackedClip] = {}
+    with (
+        open(tar_path, "wb") as handle,
+        tarfile.open(fileobj=handle, mode="w", format=tarfile.USTAR_FORMAT) as tar,
+    ):
+        for cid in sorted(clips):
+            start, members = tar.offset, {}
+            for column, name in SHARD_FILES.items():
+                local = clips[cid][column]
+                member = f"{cid}.{name}"
+                with open(local, "rb") as data:
+                    tar.addfile(_member_info(member, os.path.getsize(local)), data)
+                members[column] = member
+            placed[cid] = PackedClip(start, tar.offset - start, members)
+    return placed
+
+
+def _decode_rgb(data: bytes, height: int, width: int) -> torch.Tensor:
+    with av.open(io.BytesIO(data)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(container.streams.video[0])]
+    if not frames:
+        raise ValueError("an RGB shard member has no frames")
+    return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)[..., :height, :width].float() / 255.0
+
+
+def _decode_lossless(data: bytes) -> np.ndarray:
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        fmt = "gray16le" if stream.codec_context.pix_fmt == "gray16le" else "gray"
+        planes = [frame.to_ndarray(format=fmt) for frame in container.decode(stream)]
+    if not planes:
+        raise ValueError("a lossless shard member has no frames")
+    return np.stack(planes)
+
+
+def _packed_members(root: str, row: dict) -> dict[str, bytes]:
+    """The clip's six files from its pack, with one ranged read."""
+    offset, size = int(row["shard_offset"]), int(row["shard_size"])
+    data = storage.read_range(storage.join(root, row["shard"]), offset, size)
+    if len(data) != size:
+        raise ValueError(
+            f"{row['shard']}: expected {size} bytes at {offset}, got {len(data)} (truncated pack)"
+        )
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            found = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+    except tarfile.TarError as exc:
+        raise ValueError(
+            f"{row['shard']}: no clip members at bytes {offset}..{offset + size} ({exc})"
+        ) from exc
+    missing = [row[c] for c in SHARD_FILES if row[c] not in found]
+    if missing:
+        raise ValueError(f"{row['shard']}: members {missing} not at bytes {offset}..{offset + size}")
+    return {column: found[row[column]] for column in SHARD_FILES}
+
+
+def _is_packed(row: dict) -> bool:
+    shard = row.get("shard")
+    return isinstance(shard, str) and bool(shard)
+
+
 def read_clip(root: str, row: dict) -> ClipArrays:
-    """Load a clip written by :func:`write_clip` from its manifest row."""
+    """Load a clip from its manifest row: from its pack (one ranged read) when ``shard`` is set,
+    else from its loose files (written by :func:`write_clip`)."""
+    height, width = int(row["height"]), int(row["width"])
+    if _is_packed(row):
+        members = _packed_members(root, row)
+        return ClipArrays(
+            rgb=_decode_rgb(members["rgb_path"], height, width),
+            right=_decode_rgb(members["right_path"], height, width),
+            right_holes=torch.from_numpy(_decode_lossless(members["right_mask_path"]) > 127).unsqueeze(1),
+            back=_decode_rgb(members["back_path"], height, width),
+            back_holes=torch.from_numpy(_decode_lossless(members["back_mask_path"]) > 127).unsqueeze(1),
+            disparity=torch.from_numpy(
+                disparity_from_u16(_decode_lossless(members["disparity_path"]))
+            ).unsqueeze(1),
+        )
 
     def rgb(column: str) -> torch.Tensor:
         with storage.local_copy(storage.join(root, row[column])) as path:
             frames = torch.cat([c.frames for c in stream_frames(path, chunk_size=64)])
-        return frames[..., : row["height"], : row["width"]].float() / 255.0
+        return frames[..., :height, :width].float() / 255.0
 
     def lossless(column: str) -> np.ndarray:
         with storage.local_copy(storage.join(root, row[column])) as path:

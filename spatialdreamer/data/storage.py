@@ -31,6 +31,7 @@ __all__ = [
     "local_copy",
     "open_filesystem",
     "read_bytes",
+    "read_range",
     "remove_stale_temporaries",
     "remove_tree",
     "upload",
@@ -68,6 +69,13 @@ def read_bytes(path: str) -> bytes:
     fs, p = open_filesystem(path)
     with fs.open_input_stream(p) as stream:
         return stream.read()
+
+
+def read_range(path: str, offset: int, size: int) -> bytes:
+    """``size`` bytes of ``path`` from ``offset``: one ranged read (a range GET on object stores)."""
+    fs, p = open_filesystem(path)
+    with fs.open_input_file(p) as handle:
+        return handle.read_at(size, offset)
 
 
 def _temporary_name(path: str) -> str:
