@@ -15,7 +15,9 @@ import av
 import numpy as np
 import torch
 from av.stream import Discard
+from av.video.reformatter import Interpolation
 
+from spatialdreamer.video.colour import BT470BG, SMPTE170M, colour_of_frame, sws_colorspace, sws_range
 from spatialdreamer.video.decode import DecodeStats, decode_tolerant
 from spatialdreamer.video.errors import VideoError
 from spatialdreamer.video.probe import VideoInfo, probe_video
@@ -23,6 +25,11 @@ from spatialdreamer.video.probe import VideoInfo, probe_video
 __all__ = ["DecodeStats", "FrameChunk", "read_frames", "stream_frames"]
 
 log = logging.getLogger(__name__)
+
+# YUV -> RGB with the source's own matrix and range (see spatialdreamer.video.colour), with
+# swscale's default rounding, as decord's (random access and streaming give the same pixels)
+_EXACT = Interpolation.BILINEAR
+_BICUBIC = Interpolation.BICUBIC
 
 
 @dataclass
@@ -183,13 +190,17 @@ class _Decode:
 
     def _pixels(self, frame) -> np.ndarray:
         size = (frame.width, frame.height)
+        colour = colour_of_frame(frame, self.info.width, self.info.height)
+        matrix = {"src_colorspace": sws_colorspace(colour.matrix), "src_color_range": sws_range(colour)}
         if size == self.size:
-            array = frame.to_ndarray(format="rgb24")
+            array = frame.to_ndarray(format="rgb24", interpolation=_EXACT, **matrix)
         else:
             if self.coded != (0, 0) and size != self.coded:
                 self.stats.rescaled += 1
             width, height = self.size
-            array = frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="BICUBIC")
+            array = frame.to_ndarray(
+                format="rgb24", width=width, height=height, interpolation=_BICUBIC, **matrix
+            )
         return _upright(array, self.info.rotation)
 
     def run(self) -> Iterator[FrameChunk]:
@@ -283,7 +294,9 @@ def read_frames(
         raise ValueError(f"frame indices must be >= 0, got {min(indices)}")
     # decord reads the stream FFmpeg calls best and ignores the sample aspect ratio: PyAV
     # decodes what streaming decodes whenever that may differ
-    plain = not info.anamorphic and not info.is_image
+    # and it converts to RGB with BT.601 whatever the source's colour
+    bt601 = info.colour.matrix in (BT470BG, SMPTE170M) and not info.colour.full_range
+    plain = not info.anamorphic and not info.is_image and bt601
     if _has_decord() and (backend == "decord" or (backend == "auto" and plain)):
         try:
             reader = _decord_reader(path)
