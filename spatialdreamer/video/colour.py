@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from av.video.reformatter import Colorspace, ColorRange
+from av.video.reformatter import ColorRange, Colorspace
 
 __all__ = ["Colour", "colour_of_frame", "standard_colour", "sws_colorspace"]
 
@@ -63,6 +63,8 @@ def colour_of_frame(frame, width: int, height: int) -> Colour:
     """A decoded frame's own colour, each unspecified part filled in by :func:`standard_colour`
     for the displayed ``width`` x ``height``."""
     standard = standard_colour(width, height)
+    if frame.format.name in _FULL_RANGE_FORMATS and frame.colorspace not in _SWS:
+        standard = Colour(BT470BG, standard.primaries, standard.transfer)  # JPEG (JFIF) is BT.601
     matrix = frame.colorspace if frame.colorspace in _SWS else standard.matrix
     primaries = frame.color_primaries if frame.color_primaries not in (0, UNSPECIFIED) else standard.primaries
     transfer = frame.color_trc if frame.color_trc not in (0, UNSPECIFIED) else standard.transfer

@@ -110,7 +110,9 @@ def probe_video(path: str | os.PathLike, decode_check: bool = True) -> VideoInfo
         width, height = display_size(coded_width, coded_height, sar)
         if rotation in (90, 270):
             width, height = height, width
-        colour = colour_of_frame(first, width, height) if first is not None else standard_colour(width, height)
+        colour = (
+            colour_of_frame(first, width, height) if first is not None else standard_colour(width, height)
+        )
         pixel_format = first.format if first is not None else stream.codec_context.format
         bit_depth = max((c.bits for c in pixel_format.components), default=8) if pixel_format else 8
         exact = bool(stream.frames) and not image

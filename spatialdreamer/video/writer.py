@@ -33,6 +33,7 @@ __all__ = [
     "VideoWriter",
     "check_output",
     "default_codec",
+    "fit_file_name",
     "read_lossless",
     "sibling_path",
     "write_lossless",
@@ -105,6 +106,23 @@ def sibling_path(path: str | os.PathLike, label: str) -> Path:
     return path.with_name(f".{stem}~{digest}.{label}{path.suffix}")
 
 
+def fit_file_name(stem: str, tail: str) -> str:
+    """``stem + tail`` within the file-name length limit (255 bytes): a long stem is cut on a
+    UTF-8 character boundary and ends with ``~`` and a hash of the whole stem, so two long
+    names that share their beginning still differ.
+
+    Example:
+        >>> len(fit_file_name("é" * 120, "_LRF_Full_SBS.mp4").encode()) <= 255
+        True
+    """
+    name = f"{stem}{tail}"
+    if len(name.encode()) <= _NAME_MAX:
+        return name
+    digest = hashlib.sha1(stem.encode()).hexdigest()[:8]
+    room = _NAME_MAX - len(f"~{digest}{tail}".encode())
+    return f"{stem.encode()[:room].decode('utf-8', errors='ignore')}~{digest}{tail}"
+
+
 def _temp_path(path: Path) -> Path:
     return sibling_path(path, "partial")
 
@@ -122,10 +140,20 @@ def _encoder_options(codec: str, crf: int, preset: str, verbose: bool) -> dict[s
     if codec == "h264":
         return {"crf": str(crf), "preset": preset}
     if codec in ("h265", "hevc"):
-        return {"crf": str(crf), "preset": preset, "x265-params": f"log-level={'info' if verbose else 'error'}"}
+        return {
+            "crf": str(crf),
+            "preset": preset,
+            "x265-params": f"log-level={'info' if verbose else 'error'}",
+        }
     fast = preset in ("ultrafast", "superfast", "veryfast", "faster", "fast")
     if codec == "vp9":
-        return {"crf": str(crf + 14), "b": "0", "row-mt": "1", "deadline": "good", "cpu-used": "5" if fast else "2"}
+        return {
+            "crf": str(crf + 14),
+            "b": "0",
+            "row-mt": "1",
+            "deadline": "good",
+            "cpu-used": "5" if fast else "2",
+        }
     if codec == "av1":
         return {"crf": str(crf + 10), "preset": "10" if fast else "6"}
     if codec == "mpeg4":
@@ -294,9 +322,7 @@ def leftover_temporaries(path: str | os.PathLike) -> list[Path]:
     return [p for p in (sibling_path(path, "video-only"), _temp_path(Path(path))) if p.exists()]
 
 
-def finish_with_audio(
-    video_only: Path, path: Path, audio_from: str | None, audio_range=(0.0, None)
-) -> Path:
+def finish_with_audio(video_only: Path, path: Path, audio_from: str | None, audio_range=(0.0, None)) -> Path:
     """Add ``audio_from``'s audio (if any) to the finished ``video_only`` file and move the
     result to ``path`` atomically; ``video_only`` is consumed."""
     source = video_only
@@ -379,7 +405,9 @@ def _remux(video_path: Path, audio_path: str, out_path: Path, audio_range, trans
         v_out = out.add_stream_from_template(vin.streams.video[0])
         if transcode:
             codec = "libopus" if out_path.suffix.lower() == ".webm" else "aac"
-            a_out = out.add_stream(codec, rate=48000 if codec == "libopus" else a_in.codec_context.sample_rate or 48000)
+            a_out = out.add_stream(
+                codec, rate=48000 if codec == "libopus" else a_in.codec_context.sample_rate or 48000
+            )
             channels = a_in.codec_context.channels or 2
             a_out.layout = {1: "mono", 2: "stereo", 6: "5.1", 8: "7.1"}.get(channels, "stereo")
         else:
