@@ -60,7 +60,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-VIDEO_SUFFIXES = tuple(s for s in CONTAINER_CODECS if s != ".nut")
+VIDEO_SUFFIXES = tuple(CONTAINER_CODECS)
 #: video codecs ``convert`` offers; "auto" = what the output suffix implies (H.264 for MP4/MKV/MOV)
 CODECS = ("auto", "h264", "h265", "vp9", "av1", "mpeg4")
 #: output pixel formats; "auto" = 10 bits for a source of more than 8 bits, else yuv420p

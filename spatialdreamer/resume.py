@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 _NAME_MAX = 255
 _RECORD = "{:05d}.state.pt"
-_PART = "{:05d}.nut"
+_PART = "{:05d}.mp4"
 
 
 def parts_folder_for(out_path: str | os.PathLike) -> Path:
@@ -219,6 +219,7 @@ class SegmentedVideoWriter:
         self._writer: VideoWriter | None = None
         self._in_part = 0
         self._last_stamp: float | None = None
+        self._part_start = 0.0
 
     def write(self, frames: torch.Tensor, stamps: torch.Tensor) -> None:
         if self.first_stamp is None:
@@ -228,6 +229,7 @@ class SegmentedVideoWriter:
             if self._writer is None:
                 self._writer = self.make_writer(self.parts.next_part())
                 self._in_part = 0
+                self._part_start = float(stamps[offset]) - self.first_stamp
             take = min(len(frames) - offset, self.part_frames - self._in_part)
             piece = stamps[offset : offset + take]
             self._writer.write(frames[offset : offset + take], timestamps=piece - self.first_stamp)
@@ -248,6 +250,7 @@ class SegmentedVideoWriter:
                 "last_stamp": self._last_stamp,
                 "first_stamp": self.first_stamp,
                 "final": final,
+                "start": self._part_start,
                 "state": state,
             }
         )
@@ -262,7 +265,7 @@ class SegmentedVideoWriter:
             raise ValueError(f"no frames were written to {out_path}")
         video_only = sibling_path(out_path, "video-only")
         try:
-            join_parts(parts, video_only)
+            join_parts(parts, [float(r["start"]) for r in self.parts.records], video_only)
         except BaseException:
             video_only.unlink(missing_ok=True)
             raise

@@ -51,14 +51,13 @@ _CODECS = {
     "ffv1": "ffv1",
 }
 _ALL = frozenset(_CODECS)
-#: output suffix -> the codecs its container holds (``.nut`` is the resumable parts' container)
+#: output suffix -> the codecs its container holds
 CONTAINER_CODECS = {
     ".mp4": frozenset({"h264", "h265", "hevc", "vp9", "av1", "mpeg4"}),
     ".mkv": _ALL,
     ".mov": frozenset({"h264", "h265", "hevc", "mpeg4"}),
     ".webm": frozenset({"vp9", "av1"}),
     ".avi": frozenset({"h264", "mpeg4", "ffv1"}),
-    ".nut": _ALL,
 }
 _VFR_TIME_BASE = Fraction(1, 90000)
 # longest file name most file systems take, in bytes
@@ -76,7 +75,7 @@ def check_output(path: str | os.PathLike, codec: str, pix_fmt: str | None = None
     encoder is missing from this FFmpeg, or it cannot encode ``pix_fmt``."""
     suffix = Path(path).suffix.lower()
     if suffix not in CONTAINER_CODECS:
-        known = "/".join(s for s in CONTAINER_CODECS if s != ".nut")
+        known = "/".join(CONTAINER_CODECS)
         raise ValueError(f"output {Path(path).name}: unknown video container {suffix!r}; use {known}")
     if codec not in _CODECS:
         raise ValueError(f"codec must be one of {', '.join(sorted(_CODECS))}, got {codec!r}")
