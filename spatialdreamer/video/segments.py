@@ -41,6 +41,9 @@ def join_parts(parts: list[Path], starts: list[float], out_path: str | os.PathLi
                     stream = out.add_stream_from_template(video)
                     if video.codec_context.name == "hevc" and out_path.suffix.lower() in (".mp4", ".mov"):
                         stream.codec_tag = "hvc1"
+                    rate = video.average_rate or video.guessed_rate
+                    if out_path.suffix.lower() == ".avi" and rate:
+                        stream.time_base = 1 / rate  # AVI counts frames at one fixed rate
                 packets = [p for p in source.demux(video) if p.pts is not None]
                 if not packets:
                     raise VideoError(str(part), "a finished part has no frames")

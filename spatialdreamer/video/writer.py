@@ -60,6 +60,8 @@ CONTAINER_CODECS = {
     ".avi": frozenset({"h264", "mpeg4", "ffv1"}),
 }
 _VFR_TIME_BASE = Fraction(1, 90000)
+# MPEG-4 Part 2 caps the clock at 65535 ticks/s; 60000 still times 23.976-60 fps exactly
+_VFR_TIME_BASES = {"mpeg4": Fraction(1, 60000)}
 # longest file name most file systems take, in bytes
 _NAME_MAX = 255
 _QUALITY_CODECS = ("h264", "h265", "hevc")
@@ -146,13 +148,8 @@ def _encoder_options(codec: str, crf: int, preset: str, verbose: bool) -> dict[s
         }
     fast = preset in ("ultrafast", "superfast", "veryfast", "faster", "fast")
     if codec == "vp9":
-        return {
-            "crf": str(crf + 14),
-            "b": "0",
-            "row-mt": "1",
-            "deadline": "good",
-            "cpu-used": "5" if fast else "2",
-        }
+        speed = {"deadline": "realtime", "cpu-used": "8"} if fast else {"deadline": "good", "cpu-used": "2"}
+        return {"crf": str(crf + 14), "b": "0", "row-mt": "1", **speed}
     if codec == "av1":
         return {"crf": str(crf + 10), "preset": "10" if fast else "6"}
     if codec == "mpeg4":
@@ -246,7 +243,8 @@ class VideoWriter:
             ctx.colorspace, ctx.color_primaries = self.colour.matrix, self.colour.primaries
             ctx.color_trc, ctx.color_range = self.colour.transfer, int(sws_range(self.colour))
         self._vfr = variable_rate
-        stream.codec_context.time_base = _VFR_TIME_BASE if variable_rate else 1 / rate
+        self._vfr_time_base = _VFR_TIME_BASES.get(self.codec, _VFR_TIME_BASE)
+        stream.codec_context.time_base = self._vfr_time_base if variable_rate else 1 / rate
         self._stream = stream
         self._size = (height, width)
 
@@ -284,7 +282,7 @@ class VideoWriter:
             if self._vfr:
                 if timestamps is None:
                     raise ValueError("this writer was started with timestamps; pass them for every chunk")
-                frame.pts = round(float(timestamps[i]) / _VFR_TIME_BASE)
+                frame.pts = round(float(timestamps[i]) / self._vfr_time_base)
             else:
                 frame.pts = self.frames_written + i
             frame.time_base = stream.codec_context.time_base
