@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = tuple(CONTAINER_CODECS)
 #: video codecs ``convert`` offers; "auto" = what the output suffix implies (H.264 for MP4/MKV/MOV)
-CODECS = ("auto", "h264", "h265", "vp9", "av1", "mpeg4")
+CODECS = ("auto", "h264", "h265", "vp9", "mpeg4")
 #: output pixel formats; "auto" = 10 bits for a source of more than 8 bits, else yuv420p
 PIX_FMTS = ("auto", "yuv420p", "yuv420p10le", "yuv444p", "yuv444p10le")
 # suffixes of media files convert cannot write: refused rather than taken for a folder name

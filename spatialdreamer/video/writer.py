@@ -1,4 +1,4 @@
-"""Video encoding: visually lossless H.264/H.265/VP9/AV1 with the source's audio, correct
+"""Video encoding: visually lossless H.264/H.265/VP9 with the source's audio, correct
 colour tags, and a lossless FFV1 path for depth and masks.
 
 Everything is written under a temporary name in the destination folder and renamed only when
@@ -46,17 +46,16 @@ _CODECS = {
     "h265": "libx265",
     "hevc": "libx265",
     "vp9": "libvpx-vp9",
-    "av1": "libsvtav1",
     "mpeg4": "mpeg4",
     "ffv1": "ffv1",
 }
 _ALL = frozenset(_CODECS)
 #: output suffix -> the codecs its container holds
 CONTAINER_CODECS = {
-    ".mp4": frozenset({"h264", "h265", "hevc", "vp9", "av1", "mpeg4"}),
+    ".mp4": frozenset({"h264", "h265", "hevc", "vp9", "mpeg4"}),
     ".mkv": _ALL,
     ".mov": frozenset({"h264", "h265", "hevc", "mpeg4"}),
-    ".webm": frozenset({"vp9", "av1"}),
+    ".webm": frozenset({"vp9"}),
     ".avi": frozenset({"h264", "mpeg4", "ffv1"}),
 }
 _VFR_TIME_BASE = Fraction(1, 90000)
@@ -150,8 +149,6 @@ def _encoder_options(codec: str, crf: int, preset: str, verbose: bool) -> dict[s
     if codec == "vp9":
         speed = {"deadline": "realtime", "cpu-used": "8"} if fast else {"deadline": "good", "cpu-used": "2"}
         return {"crf": str(crf + 14), "b": "0", "row-mt": "1", **speed}
-    if codec == "av1":
-        return {"crf": str(crf + 10), "preset": "10" if fast else "6"}
     if codec == "mpeg4":
         return {"qmin": "1", "qmax": "3"}
     return {}
@@ -163,8 +160,8 @@ class VideoWriter:
     Args:
         path: output file; its suffix picks the container (see :data:`CONTAINER_CODECS`).
         fps: nominal frame rate.
-        codec: "h264", "h265", "vp9", "av1", "mpeg4" or "ffv1" (lossless RGB).
-        crf: quality for H.264/H.265 (16-18 is visually lossless); VP9/AV1 get the equivalent.
+        codec: "h264", "h265", "vp9", "mpeg4" or "ffv1" (lossless RGB).
+        crf: quality for H.264/H.265 (16-18 is visually lossless); VP9 gets the equivalent.
         pix_fmt: ``yuv420p`` (default), ``yuv420p10le`` (10 bits), ``yuv444p`` (no chroma
             subsampling), ... whatever the encoder takes.
         colour: the RGB->YUV matrix, range and the tags written; default: BT.709 for HD frames,
@@ -224,8 +221,6 @@ class VideoWriter:
     def _open(self, height: int, width: int, variable_rate: bool) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         verbose = log.isEnabledFor(logging.INFO)
-        if self.codec == "av1" and not verbose:
-            os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its settings unless told not to
         self._container = av.open(str(self._tmp_video), mode="w")
         rate = Fraction(self.fps).limit_denominator(1001 * 1000)
         stream = self._container.add_stream(_CODECS[self.codec], rate=rate)
