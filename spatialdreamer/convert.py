@@ -168,7 +168,6 @@ def output_path_for(
     fmt: str,
     *,
     image: bool = False,
-    codec: str = "auto",
 ) -> Path:
     """Where the output goes. A destination with a video suffix (``.mp4/.mkv/.mov/.webm/.avi``;
     ``.png/.jpg`` for a still picture) is the file; anything else is a folder, in which the
@@ -259,7 +258,7 @@ def convert_video(
     options.validate()
     source = os.fspath(source)
     info = probe_video(source)
-    out_path = output_path_for(source, destination, options.format, image=info.is_image, codec=options.codec)
+    out_path = output_path_for(source, destination, options.format, image=info.is_image)
     if Path(out_path).resolve() == Path(source).resolve():
         raise ValueError(f"output {out_path} would overwrite the input")
     if out_path.exists() and not options.overwrite:
