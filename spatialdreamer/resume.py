@@ -8,7 +8,9 @@ the state of every stateful stage (cut detector, depth normaliser, stateful dept
 that frame. Rerunning the same command after a crash or a kill restores that state, decodes
 from the next frame and encodes only the parts still missing; the finished parts are joined
 without re-encoding and the source audio is added, so the result has the same frames and the
-same audio as a run that was never interrupted. A folder left by a different command (other
+same audio as a run that was never interrupted. (The encoder gets bit-identical frames; x264's
+macroblock-tree lookahead, flushed at every part's end, can still vary by a few bits between
+any two runs.) A folder left by a different command (other
 options, or a changed source) is discarded.
 
 State is stored with ``torch.save`` and read back with ``weights_only=True``: tensors, numbers,
