@@ -18,7 +18,13 @@ passive OpenMP waiting, one thread per usable core); ``default`` leaves OpenMP a
 ``0`` = as the machine is, ``1`` = plus one busy process spinning on a core beside the
 measurement. The machine's load average is printed: on a shared machine "no load" is not idle.
 
+Quality rows: the warp against ground truth on a synth scene and on a real stereo photograph;
+then edges: alternating holes on steep disparity ramps, and the near-side edge dilation of the
+disparity (``convert --edge-dilation``) on exact depth and on depth blurred the way a depth
+model's soft edges are (PSNR of the filled view against the true right view).
+
     python benchmarks/warp.py [--repeats 10] [--sizes 1920x1080 960x540] [--iw3 ~/nunif]
+    python benchmarks/warp.py --quality-only
 """
 
 from spatialdreamer.runtime import configure_cpu
@@ -41,7 +47,9 @@ import numpy as np
 import torch
 
 from spatialdreamer.dvg import forward_warp
+from spatialdreamer.dvg.disparity import dilate_foreground
 from spatialdreamer.runtime import peak_rss_mib
+from spatialdreamer.stereo import fill_holes
 from spatialdreamer.synth import make_scene
 
 POLICIES = {
@@ -197,6 +205,34 @@ def _real_quality() -> dict | None:
     return result
 
 
+def _ramp_hole_runs(fall: float) -> int:
+    """Runs of holes where disparity falls ``fall`` px per px (near side left) for 12 px."""
+    d = torch.cat(
+        [torch.full((40,), 40.0), 40.0 - fall * torch.arange(1.0, 13.0), torch.full((60,), 40 - 13 * fall)]
+    )
+    holes = forward_warp(torch.rand(1, 3, 1, len(d)), d.view(1, 1, 1, -1)).holes[0, 0, 0].int()
+    inner = holes[: len(d) - int(d[-1]) - 2]  # leave out the band the right frame edge exposes
+    return int((inner[1:] - inner[:-1]).eq(1).sum()) + int(inner[0])
+
+
+def _edge_quality(width: int, height: int) -> None:
+    print("\nedges: runs of holes on a steep disparity ramp (1 = one contiguous disocclusion)")
+    print("  " + ", ".join(f"{fall} px/px: {_ramp_hole_runs(fall)}" for fall in (1.5, 2.0, 3.0, 5.0)))
+    scene = make_scene(0, height=height, width=width, frames=1)
+    soft = torch.nn.functional.avg_pool2d(
+        torch.nn.functional.pad(scene.disparity, (3, 3, 0, 0), mode="replicate"), (1, 7), 1
+    )
+    print(f"edge dilation, synth {width}x{height}: PSNR of the filled right view, all pixels (dB)")
+    for name, disparity in (("exact depth", scene.disparity), ("soft depth (7 px blur)", soft)):
+        cells = []
+        for radius in ((0, 0), (1, 0), (2, 1), (3, 1)):
+            out = forward_warp(scene.left, dilate_foreground(disparity, radius))
+            filled = fill_holes(out.image, out.holes, out.disparity)
+            psnr = float(10 * torch.log10(1 / ((filled - scene.right) ** 2).mean()))
+            cells.append(f"{radius}: {psnr:5.2f}")
+        print(f"  {name:>22}  " + "  ".join(cells))
+
+
 def _child_env(policy: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "KMP_BLOCKTIME")}
     if policy == "default":
@@ -229,6 +265,7 @@ def main() -> None:
     parser.add_argument("--policies", nargs="+", choices=sorted(POLICIES), default=["configured", "default"])
     parser.add_argument("--loads", nargs="+", type=int, default=[0, 1], help="busy processes beside the run")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
+    parser.add_argument("--quality-only", action="store_true", help="skip the speed and memory runs")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--child-memory", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -256,7 +293,7 @@ def main() -> None:
     child_args = ["--repeats", str(args.repeats), "--iw3-repeats", str(args.iw3_repeats)]
     child_args += ["--iw3", args.iw3] if args.iw3 else []
     results = {}
-    for policy in args.policies:
+    for policy in [] if args.quality_only else args.policies:
         for busy in args.loads:
             r = run_child([*child_args, "--child", *inputs], policy, busy)
             for row in r["rows"]:
@@ -284,7 +321,7 @@ def main() -> None:
                     line += " " + " ".join(f"{i / t:8.1f}" for i, t in zip(iw3, times, strict=True))
             print(line)
 
-    if not args.no_memory:
+    if not (args.no_memory or args.quality_only):
         print("\npeak MiB (growth of a fresh process's peak RSS over two warps, configured policy, no load):")
         for size, path in zip(args.sizes, inputs, strict=True):
             for method in ("ours", "ours, torch ops", "sorted splat"):
@@ -304,6 +341,7 @@ def main() -> None:
         print("quality on a real stereo photo (Middlebury 2014 Motorcycle, 741x500, true disparity):")
         for name, value in real.items():
             print(f"  {name:>13}: PSNR on pixels both warps cover {value:.2f} dB")
+    _edge_quality(w, h)
     load_after = os.getloadavg()
     print(f"load average after: {load_after[0]:.1f} (1 min), {load_after[1]:.1f} (5 min)")
 

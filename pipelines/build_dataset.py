@@ -23,23 +23,14 @@ import logging
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
-from pipelines.configs import read_config
-from pipelines.ray_session import connect
-from spatialdreamer.corpus import (
-    FILTER_STAGE,
-    CorpusConfig,
-    DepthDVGStage,
-    TransientError,
-    list_sources,
-    prepare_clips,
-    split_video,
-    video_is_done,
-    write_clip_stage,
-)
-from spatialdreamer.data import storage
-from spatialdreamer.data.manifest import compact_table, load_manifest, summarize_manifest
-from spatialdreamer.runtime import tune_cpu_allocator
+from pipelines.configs import CONFIG_DIR, read_config
+from pipelines.ray_session import RayNoiseFilter, connect
+from spatialdreamer.cli.help import HelpFormatter, add_verbose
+
+if TYPE_CHECKING:  # the library loads torch: imported where used, so --help answers at once
+    from spatialdreamer.corpus import CorpusConfig
 
 _MANAGED_DIRS = ("manifest", "failures", "shards", "_rows", "_failures", "_videos")
 _MANAGED_FILES = ("_job.json", "_SUCCESS.json")
@@ -52,9 +43,22 @@ _BLOCK_BYTES = 1 * 2**20
 log = logging.getLogger("pipelines.build_dataset")
 
 
+def corpus_configs() -> list[str]:
+    """Names of the corpus configs in ``pipelines/configs`` (the train and eval ones are not)."""
+    other = ("train_", "eval")
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if not p.stem.startswith(other))
+
+
 def load_config(name_or_path: str | None, overrides: dict | None = None) -> CorpusConfig:
-    """A config from ``pipelines/configs/<name>.yaml`` or a YAML path, with overrides applied."""
-    values = read_config(name_or_path)[1] if name_or_path else {}
+    """A corpus config from ``pipelines/configs/<name>.yaml`` or a YAML path, with overrides."""
+    from spatialdreamer.corpus import CorpusConfig
+
+    known = corpus_configs()
+    if name_or_path and not name_or_path.endswith((".yaml", ".yml")) and name_or_path not in known:
+        raise FileNotFoundError(
+            f"corpus config {name_or_path!r} not found (a YAML path or one of: {', '.join(known)})"
+        )
+    values = read_config(name_or_path, kind="corpus config")[1] if name_or_path else {}
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return CorpusConfig.from_dict(values)
 
@@ -64,6 +68,8 @@ def prepare_output(
 ) -> None:
     """Check that ``root`` is empty or a corpus of the same settings; clear it for --overwrite,
     forget failures for --retry-failed, and remove temporaries a killed run left behind."""
+    from spatialdreamer.data import storage
+
     job_path = storage.join(root, "_job.json")
     if overwrite:
         for name in _MANAGED_DIRS:
@@ -146,6 +152,8 @@ def _pool(size: int | None, retries: int, num_cpus: float):
     retries (a crash or a transient error is retried ``retries`` times, then the job stops)."""
     from ray.data import TaskPoolStrategy
 
+    from spatialdreamer.corpus import TransientError
+
     return {
         "compute": TaskPoolStrategy(size=size),
         "num_cpus": num_cpus,
@@ -191,6 +199,14 @@ def run_stages(
     ray = _init_ray(ray_address)
     from ray.data import DataContext
 
+    from spatialdreamer.corpus import (
+        DepthDVGStage,
+        TransientError,
+        prepare_clips,
+        split_video,
+        write_clip_stage,
+    )
+
     context = DataContext.get_current()
     context.target_max_block_size = _BLOCK_BYTES
     context.enable_progress_bars = True
@@ -235,6 +251,8 @@ def run_stages(
 
 def pending_sources(sources: list[dict], root: str, config: CorpusConfig) -> list[dict]:
     """The sources with work left (checked in parallel: a few small reads per video)."""
+    from spatialdreamer.corpus import video_is_done
+
     with ThreadPoolExecutor(max_workers=16) as pool:
         digest = config.content_hash()
         done = list(pool.map(lambda row: video_is_done(root, row["video_id"], digest), sources))
@@ -256,13 +274,21 @@ def build(
     ``in_process`` runs the same stages in a plain loop without Ray (debugging, benchmarks);
     ``ray_address`` ("local" = embedded) overrides RAY_ADDRESS when Ray is not started yet.
     """
+    from spatialdreamer.corpus import FILTER_STAGE, LIST_STAGE, find_sources, record_failure
+    from spatialdreamer.data import storage
+    from spatialdreamer.data.manifest import compact_table, load_manifest
+
     began = time.perf_counter()
-    sources = list_sources(source)
+    listing = find_sources(source, exclude=[root])
+    sources = listing.videos
     if limit is not None:
         sources = sources[: max(0, limit)]
     if not sources:
-        raise ValueError(f"no videos found in {source}")
+        reasons = "; ".join(f"{s['path']} {s['reason']}" for s in listing.skipped[:3])
+        raise ValueError(f"no videos found in {source}" + (f" ({reasons})" if reasons else ""))
     prepare_output(root, config, overwrite=overwrite, retry_failed=retry_failed)
+    for entry in listing.skipped:  # every input left out is a row of the failures table
+        record_failure(root, entry["path"], LIST_STAGE, entry["reason"])
     pending = pending_sources(sources, root, config)
     clips = frames = 0
     device = "cpu"
@@ -275,14 +301,19 @@ def build(
         clips, frames, device = run_stages(pending, root, config, ray_address)
     total_clips = compact_table(root, "clips")
     total_failures = compact_table(root, "failures")
-    failures = load_manifest(root, table="failures", columns=["clip_id", "stage"])
+    failures = load_manifest(root, table="failures", columns=["video_id", "clip_id", "stage"])
     filtered = int((failures["stage"] == FILTER_STAGE).sum())
+    whole = failures[failures["clip_id"].isna() & (failures["stage"] != LIST_STAGE)]
+    failed = len(set(whole["video_id"]) & {row["video_id"] for row in sources})
     elapsed = time.perf_counter() - began
     summary = {
+        "inputs": len(sources) + len(listing.skipped),
+        "inputs_not_videos": len(listing.skipped),
         "videos": len(sources),
+        "videos_ok": len(sources) - failed,
+        "videos_failed": failed,
         "videos_processed": len(pending),
         "videos_already_done": len(sources) - len(pending),
-        "videos_failed": int(failures["clip_id"].isna().sum()),
         "clips_written": clips,
         "frames_written": frames,
         "clips_in_corpus": total_clips,
@@ -306,17 +337,21 @@ def format_summary(summary: dict) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m pipelines.build_dataset",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="python -m pipelines.build_dataset", description=__doc__, formatter_class=HelpFormatter
     )
     parser.add_argument(
         "--input", required=True, help="folder, glob, video, or CSV/Parquet manifest (local or URI)"
     )
     parser.add_argument("--output", required=True, help="corpus root (local or URI)")
-    parser.add_argument("--config", default="default", help="config name in pipelines/configs or a YAML path")
     parser.add_argument(
-        "--depth-model", default=None, help="override the config's depth model (id, path, parallax)"
+        "--config",
+        default="default",
+        help=f"corpus config: one of {', '.join(corpus_configs())} (pipelines/configs), or a YAML path",
+    )
+    parser.add_argument(
+        "--depth-model",
+        default=None,
+        help="override the config's depth model (Hugging Face id, local path, or parallax)",
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="delete the corpus at --output and rebuild it"
@@ -328,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--in-process", action="store_true", help="run the stages in one process, without Ray"
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log details and show tracebacks")
+    add_verbose(parser, True, "log details, show Ray's own messages and tracebacks")
     return parser
 
 
@@ -337,18 +372,23 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    from spatialdreamer.corpus import TransientError
+    from spatialdreamer.data.manifest import load_manifest, summarize_manifest
+    from spatialdreamer.runtime import tune_cpu_allocator
+
     tune_cpu_allocator()
     try:
-        config = load_config(args.config, {"depth_model": args.depth_model})
-        summary = build(
-            args.input,
-            args.output,
-            config,
-            overwrite=args.overwrite,
-            retry_failed=args.retry_failed,
-            limit=args.limit,
-            in_process=args.in_process,
-        )
+        with RayNoiseFilter(verbose=args.verbose):
+            config = load_config(args.config, {"depth_model": args.depth_model})
+            summary = build(
+                args.input,
+                args.output,
+                config,
+                overwrite=args.overwrite,
+                retry_failed=args.retry_failed,
+                limit=args.limit,
+                in_process=args.in_process,
+            )
         clips = load_manifest(args.output)
         failures = load_manifest(args.output, table="failures")
     except KeyboardInterrupt:

@@ -19,26 +19,16 @@ import argparse
 import sys
 import time
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from pipelines.configs import read_config
-from pipelines.ray_session import connect
-from spatialdreamer.eval import (
-    BASELINES,
-    LABELS,
-    BenchmarkConfig,
-    PredictStage,
-    ScoreStage,
-    ensure_benchmark,
-    pair_videos,
-    summarise,
-    write_results,
-)
-from spatialdreamer.eval.folders import notes_for, resolve_lpips
-from spatialdreamer.eval.harness import shown_columns
-from spatialdreamer.metrics import load_i3d, load_raft
-from spatialdreamer.runtime import tune_cpu_allocator
+from pipelines.ray_session import RayNoiseFilter, connect
+from spatialdreamer.cli.help import HelpFormatter, add_verbose
+
+if TYPE_CHECKING:  # the library loads torch: imported where used, so --help answers at once
+    import pandas as pd
+
+    from spatialdreamer.eval import BenchmarkConfig
 
 _DEFAULTS = {
     "methods": ["identity", "naive_dibr", "dvg_fill", "dvg_fill_depth"],
@@ -65,6 +55,8 @@ def load_config(name_or_path: str, overrides: dict) -> dict:
 
 
 def _bench_config(values: dict) -> BenchmarkConfig:
+    from spatialdreamer.eval import BenchmarkConfig
+
     base = BenchmarkConfig()
     return BenchmarkConfig(**{k: type(getattr(base, k))(values[k]) for k in _BENCH_KEYS if k in values})
 
@@ -72,6 +64,8 @@ def _bench_config(values: dict) -> BenchmarkConfig:
 def _external_rows(
     preds: list[str], names: list[str], gt: str, masks: str | None, left: str | None
 ) -> list[dict]:
+    from spatialdreamer.eval import pair_videos
+
     rows = []
     for i, folder in enumerate(preds):
         method = names[i] if i < len(names) else Path(folder).resolve().name
@@ -102,9 +96,20 @@ def _row(scene: str, method: str, pred: Path, gt: Path, mask: Path | None) -> di
     }
 
 
+def _status(args: argparse.Namespace, text: str) -> None:
+    if not getattr(args, "quiet", False):
+        print(f"evaluate: {text}", file=sys.stderr, flush=True)
+
+
 def evaluate(args: argparse.Namespace, config: dict) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """Run the job; returns (per-video rows, summary, notes)."""
+    import pandas as pd
     import ray
+    from tqdm import tqdm
+
+    from spatialdreamer.eval import BASELINES, PredictStage, ScoreStage, ensure_benchmark, summarise
+    from spatialdreamer.eval.folders import notes_for, resolve_lpips
+    from spatialdreamer.metrics import load_i3d, load_raft
 
     notes: list[str] = []
     out = Path(args.out)
@@ -136,11 +141,13 @@ def evaluate(args: argparse.Namespace, config: dict) -> tuple[pd.DataFrame, pd.D
             notes.append("DVG + RefinerNet omitted: no trained pipeline given (pass --pipeline PATH).")
         if "identity" not in methods:
             methods.insert(0, "identity")  # PSNR is never reported without it
+        _status(args, f"preparing the benchmark in {bench_root} ...")
         scenes = ensure_benchmark(bench_root, _bench_config(config))
         if args.pred:
             right, holes = str(bench_root / "right"), str(bench_root / "occlusion")
             external = _external_rows(args.pred, args.name, right, holes, None)
 
+    _status(args, "starting Ray ...")
     connect(include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = bool(args.verbose)
     parts = []
@@ -178,7 +185,14 @@ def evaluate(args: argparse.Namespace, config: dict) -> tuple[pd.DataFrame, pd.D
         num_cpus=1,
         compute=_pool(config["score_concurrency"]),
     )
-    per_video = pd.DataFrame(ds.take_all())
+    total = len(scenes) * len(methods) + len(external)
+    quiet = getattr(args, "quiet", False)
+    with tqdm(total=total, unit="video", desc="evaluate", disable=quiet, dynamic_ncols=True) as bar:
+        rows = []
+        for row in ds.iter_rows():  # one per (method, scene): predicted, then scored
+            rows.append(row)
+            bar.update(1)
+    per_video = pd.DataFrame(rows)
     per_video = per_video.sort_values(["method", "scene"], kind="stable").reset_index(drop=True)
     summary = summarise(per_video, order=BASELINES)
     notes += notes_for(summary, i3d=args.i3d, identity_scored="identity" in set(per_video["method"]))
@@ -187,12 +201,12 @@ def evaluate(args: argparse.Namespace, config: dict) -> tuple[pd.DataFrame, pd.D
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m pipelines.evaluate",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="python -m pipelines.evaluate", description=__doc__, formatter_class=HelpFormatter
     )
     parser.add_argument("--out", default="eval_out", help="output folder (default eval_out)")
-    parser.add_argument("--config", default="eval", help="config name in pipelines/configs or a YAML path")
+    parser.add_argument(
+        "--config", default="eval", help="eval config (pipelines/configs/eval*.yaml) or a YAML path"
+    )
     parser.add_argument("--benchmark", default=None, help="benchmark folder (default OUT/benchmark)")
     parser.add_argument("--scenes", type=int, default=None, help="override the number of benchmark scenes")
     parser.add_argument(
@@ -220,13 +234,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--raft-weights", default=None, help="RAFT checkpoint (raft-things.pth): E_warp flow by RAFT"
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="full tracebacks")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or status lines")
+    add_verbose(parser, True, "full tracebacks, Ray's own messages and its progress bars")
     args = parser.parse_args(argv)
+    from spatialdreamer.eval import LABELS, write_results
+    from spatialdreamer.eval.harness import shown_columns
+    from spatialdreamer.runtime import tune_cpu_allocator
+
     tune_cpu_allocator()
     began = time.perf_counter()
     try:
         config = load_config(args.config, {"scenes": args.scenes, "refiner_steps": args.refiner_steps})
-        per_video, summary, notes = evaluate(args, config)
+        with RayNoiseFilter(verbose=args.verbose):
+            per_video, summary, notes = evaluate(args, config)
         csv_path, md_path = write_results(per_video, summary, args.out, notes, LABELS)
     except Exception as exc:
         if args.verbose:

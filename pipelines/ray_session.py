@@ -13,6 +13,10 @@ The corpus, training and evaluation jobs call :func:`connect` instead of ``ray.i
   without authentication ignores the token.
 
 An explicit ``RAY_AUTH_MODE`` (``token`` or ``disabled``) is always respected.
+
+:class:`RayNoiseFilter` keeps Ray's internal noise out of a job's terminal output (lines that
+need no action from the user, and colour codes when the output goes to a file); ``-v`` shows
+everything as Ray wrote it.
 """
 
 from __future__ import annotations
@@ -20,11 +24,21 @@ from __future__ import annotations
 import logging
 import os
 import re
+import select
+import sys
+import threading
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-__all__ = ["ClusterConnectionError", "auth_mode", "connect", "resolve_address", "token_source"]
+__all__ = [
+    "ClusterConnectionError",
+    "RayNoiseFilter",
+    "auth_mode",
+    "connect",
+    "resolve_address",
+    "token_source",
+]
 
 log = logging.getLogger(__name__)
 
@@ -177,3 +191,105 @@ def connect(address: str | None = None, **init_kwargs: Any) -> ModuleType:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ClusterConnectionError(f"could not join the Ray cluster at {target}: {first}") from exc
     return ray
+
+
+# Lines Ray prints on every healthy run that ask nothing of the user: Ray Data's actor pool
+# warning about restartable actors (core_worker.cc); anything from Ray Train's placement-group
+# cleaner (it polls a controller that has exited, and may dump a stack when Ray shuts it down);
+# Ray Train's echo of every reported metric dict; abseil's mutex debugging; and Ray Data's
+# deprecation warning about how map stages pass resources (with the source line Python prints
+# under it).
+RAY_NOISE = re.compile(
+    rb"core_worker\.cc:\d+\]?:.*max_restarts"
+    rb"|^\(PlacementGroupCleaner pid=\d+"
+    rb"|PlacementGroupCleaner.*Failed to query"
+    rb"|Reporting training result \d+: TrainingReport\("
+    rb"|\[mutex\.cc : \d+\] RAW: "
+    rb"|RayDeprecationWarning: `ray_remote_args` is deprecated"
+)
+_ANSI = re.compile(rb"\x1b\[[0-9;?]*[ -/]*[@-~]")
+_LINE_END = re.compile(rb"[^\r\n]*(?:\r\n|\r|\n)")
+
+
+def _ray_running() -> bool:
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and ray.is_initialized())
+
+
+class RayNoiseFilter:
+    """While active, the process's standard error (file descriptor 2, so the C++ lines of Ray's
+    core worker too) passes through a filter: :data:`RAY_NOISE` lines are dropped, and colour
+    codes are removed when standard error is not a terminal (log files). Progress bars, which
+    redraw a line with carriage returns, pass through as they come.
+
+    ``verbose`` turns the filter off: everything is shown as Ray wrote it. Use it as a context
+    manager around a job's work; ``dropped`` counts the lines left out. A Ray the job started
+    inside the filter is shut down before it ends, so its shutdown messages are filtered too
+    (a Ray that was already running is left alone).
+    """
+
+    def __init__(self, verbose: bool = False, fd: int = 2):
+        self.verbose, self.fd = verbose, fd
+        self.dropped = 0
+        self._dropping = False
+        self._saved: int | None = None
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> RayNoiseFilter:
+        self._ray_before = _ray_running()
+        if self.verbose:
+            return self
+        sys.stderr.flush()
+        self._saved = os.dup(self.fd)
+        self._strip = not os.isatty(self._saved)
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, self.fd)
+        os.close(write_end)
+        self._thread = threading.Thread(target=self._pump, args=(read_end,), daemon=True, name="ray-noise")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._saved is None:
+            return
+        if _ray_running() and not self._ray_before:
+            import ray
+
+            ray.shutdown()
+        sys.stderr.flush()
+        os.dup2(self._saved, self.fd)  # closes the pipe's last write end: the pump sees the end
+        self._thread.join(timeout=5)
+        os.close(self._saved)
+        self._saved = None
+
+    def _emit(self, piece: bytes) -> None:
+        text = _ANSI.sub(b"", piece).rstrip(b"\r\n")
+        # a Python warning's source line follows it, indented: it goes with the warning
+        follows = self._dropping and text[:1] in (b" ", b"\t")
+        self._dropping = bool(RAY_NOISE.search(text))
+        if self._dropping or follows:
+            self.dropped += 1
+            return
+        os.write(self._saved, _ANSI.sub(b"", piece) if self._strip else piece)
+
+    def _pump(self, read_end: int) -> None:
+        pending = b""
+        with os.fdopen(read_end, "rb", buffering=0) as pipe:
+            while True:
+                ready, _, _ = select.select([pipe], [], [], 0.2)
+                if not ready:  # a progress bar drawn without a line end: show it now
+                    if pending:
+                        self._emit(pending)
+                        pending = b""
+                    continue
+                data = pipe.read(65536)
+                if not data:
+                    break
+                pending += data
+                end = 0
+                for match in _LINE_END.finditer(pending):
+                    self._emit(match.group())
+                    end = match.end()
+                pending = pending[end:]
+        if pending:
+            self._emit(pending)

@@ -30,13 +30,14 @@ import argparse
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from pipelines.configs import read_config
-from pipelines.ray_session import connect
-from spatialdreamer.data.dataset import StereoClipDataset
-from spatialdreamer.runtime import tune_cpu_allocator
-from spatialdreamer.train import STATE_DIR, TrainConfig, read_training_state, run_worker
-from spatialdreamer.train.checkpoint import export_pipeline
+from pipelines.ray_session import RayNoiseFilter, connect
+from spatialdreamer.cli.help import HelpFormatter, add_verbose
+
+if TYPE_CHECKING:  # the library loads torch: imported where used, so --help answers at once
+    from spatialdreamer.train import TrainConfig
 
 STAGES = ("frames", "video")
 _RAY_KEYS = {"num_workers", "cpus_per_worker", "use_gpu", "max_failures", "keep_checkpoints"}
@@ -56,6 +57,8 @@ def load_config(
 ) -> tuple[TrainConfig, dict]:
     """``(TrainConfig, ray settings)`` of one stage from ``configs/train_<name>.yaml`` or a YAML
     path: ``train:`` updated by ``stages: {<stage>: …}``, then by ``overrides``."""
+    from spatialdreamer.train import TrainConfig
+
     path, values = read_config(name_or_path, prefix="train_", listing="train_*.yaml", kind="train config")
     if set(values) - {"train", "ray", "stages"}:
         raise ValueError(f"config {path} must be a mapping with 'train', 'stages' and 'ray' sections")
@@ -87,10 +90,15 @@ def train_loop_per_worker(settings: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    from spatialdreamer.runtime import tune_cpu_allocator
+    from spatialdreamer.train import TrainConfig, run_worker
+
     tune_cpu_allocator()
     logging.basicConfig(
         level=settings.get("log_level", logging.INFO), format="%(levelname)s %(name)s: %(message)s"
     )
+    # the loop's step lines (rank 0, every log_every steps) are the job's progress: always shown
+    logging.getLogger("spatialdreamer.train").setLevel(logging.INFO)
     config = TrainConfig.from_dict(settings["train"])
     context = ray.train.get_context()
     device = ray.train.torch.get_device()
@@ -113,6 +121,8 @@ def train_loop_per_worker(settings: dict) -> None:
 
 def latest_checkpoint(run_dir: str) -> str | None:
     """The highest ``step_*`` checkpoint folder of a stage's run folder (local paths)."""
+    from spatialdreamer.train import STATE_DIR
+
     if not os.path.isdir(run_dir):
         return None
     steps = sorted(
@@ -130,6 +140,10 @@ def _init_ray():
 
 def train(corpus: str, output: str, config: TrainConfig, ray_cfg: dict, verbose: bool = False) -> dict:
     """Run (or resume) the Ray Train job; returns a summary of the final checkpoint."""
+    from spatialdreamer.data.dataset import StereoClipDataset
+    from spatialdreamer.train import STATE_DIR, TrainConfig, read_training_state
+    from spatialdreamer.train.checkpoint import export_pipeline
+
     corpus = corpus if "://" in corpus else os.path.abspath(corpus)
     output = output if "://" in output else os.path.abspath(output)
     if config.stage == "video" and config.init_from is None and "://" not in output:
@@ -139,6 +153,12 @@ def train(corpus: str, output: str, config: TrainConfig, ray_cfg: dict, verbose:
     # fail fast, before any worker starts: the corpus must exist and the query select something
     dataset = StereoClipDataset(
         corpus, config.frames, config.size, query=config.query, stride=config.frame_stride
+    )
+    print(
+        f"train: starting {ray_cfg['num_workers']} worker(s) for {config.steps} steps; "
+        f"rank 0 reports every {config.log_every} steps",
+        file=sys.stderr,
+        flush=True,
     )
     ray = _init_ray()
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -208,9 +228,7 @@ def _one_line(exc: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m pipelines.train",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="python -m pipelines.train", description=__doc__, formatter_class=HelpFormatter
     )
     parser.add_argument("--corpus", required=True, help="corpus root written by pipelines.build_dataset")
     parser.add_argument("--output", required=True, help="run folder: checkpoints and the exported pipeline")
@@ -234,18 +252,20 @@ def main(argv: list[str] | None = None) -> int:
         "--steps", type=int, default=None, help="total optimizer steps (a rerun continues to this)"
     )
     parser.add_argument("--batch-size", type=int, default=None, help="samples per worker per step")
-    parser.add_argument("--learning-rate", type=float, default=None)
+    parser.add_argument("--learning-rate", type=float, default=None, help="peak learning rate")
     parser.add_argument(
         "--query", default=None, help="pandas query over the manifest, e.g. 'hole_ratio < 0.2'"
     )
     parser.add_argument(
         "--pretrained", default=None, help="SVD hub id/folder or a SpatialDreamer pipeline folder"
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress and show tracebacks")
+    add_verbose(parser, True, "log details, show Ray's own messages and tracebacks")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    from spatialdreamer.runtime import tune_cpu_allocator
+
     tune_cpu_allocator()
     overrides = {
         "num_workers": args.num_workers,
@@ -258,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         config, ray_cfg = load_config(args.config, overrides, stage=args.stage)
-        summary = train(args.corpus, args.output, config, ray_cfg, verbose=args.verbose)
+        with RayNoiseFilter(verbose=args.verbose):
+            summary = train(args.corpus, args.output, config, ray_cfg, verbose=args.verbose)
     except KeyboardInterrupt:
         print(
             "train: interrupted; rerun the same command to resume from the latest checkpoint", file=sys.stderr

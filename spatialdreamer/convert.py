@@ -1,7 +1,9 @@
 """Monocular video → stereo video, streamed chunk by chunk so memory stays flat.
 
-decode chunk → depth → shot-level normalisation (reset at cuts) → disparity → forward warp
-to the right eye → hole fill → stereo layout → encode (source audio copied).
+decode chunk → depth → shot-level normalisation (reset at cuts) → per-shot screen plane and
+comfort budget → disparity, held steady where the picture is still → forward warp to each
+synthesized eye → hole fill → stereo layout → encode (source audio copied). The rendering stages live in
+:mod:`spatialdreamer.stereo` (``render``, ``stabilize``, ``comfort``).
 The output appears under its final name only once it is complete; an existing file is kept
 unless ``overwrite`` is set. Its suffix picks the container (and the codec when none is
 named); a still picture in gives a stereo picture out (PNG/JPEG). Videos are encoded in parts
@@ -31,12 +33,14 @@ from pathlib import Path
 import torch
 
 from spatialdreamer.depth import DEFAULT_DEPTH_MODEL, TemporalNormalizer, load_depth_estimator
-from spatialdreamer.dvg import disparity_from_normalized, forward_warp
 from spatialdreamer.resume import PartsFolder, SegmentedVideoWriter, restore_state, snapshot_state
 from spatialdreamer.runtime import run_overlapped
-from spatialdreamer.stereo import FORMATS, compose, fill_holes, layout_tag
+from spatialdreamer.stereo import FORMATS, compose, layout_tag
+from spatialdreamer.stereo.comfort import ComfortBound, ConvergencePlanner, check_report_path
 from spatialdreamer.stereo.images import IMAGE_SUFFIXES, StereoImageWriter
 from spatialdreamer.stereo.refiner import StreamingRefiner, load_refiner_pipeline
+from spatialdreamer.stereo.render import EYES, RefinedEye, StereoRenderer
+from spatialdreamer.stereo.stabilize import DepthStabilizer
 from spatialdreamer.video import DecodeStats, VideoError, VideoInfo, VideoWriter, probe_video, stream_frames
 from spatialdreamer.video.shots import CutDetector
 from spatialdreamer.video.writer import (
@@ -86,12 +90,23 @@ _PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "s
 @dataclass
 class ConvertOptions:
     """How to convert. ``budget`` is the disparity range in % of the width; ``convergence``
-    the normalised inverse depth on the screen plane (0 = all in front, 1 = all behind)."""
+    the normalised inverse depth on the screen plane (0 = all in front, 1 = all behind), or
+    ``"auto"``: per shot, the salient depth on the screen and the parallax held inside
+    ``comfort`` = (in front, behind) % of the width. ``eye``: which eyes are synthesized
+    (``both`` = half the disparity each). ``smoothing``: how much of its previous depth a
+    static pixel keeps per frame (0 = off); ``report``: a .csv/.json file of each shot's
+    screen plane and budget."""
 
     format: str = "full-sbs"
     depth_model: str = DEFAULT_DEPTH_MODEL
     budget: float = 3.0
-    convergence: float = 0.5
+    convergence: float | str = 0.5
+    eye: str = "both"
+    edge_dilation: tuple[int, int] = (2, 1)
+    comfort: tuple[float, float] = (2.0, 1.5)
+    smoothing: float = 0.85
+    lookahead: int = 4
+    report: str | None = None
     device: str = "auto"
     start: float | None = None
     end: float | None = None
@@ -114,8 +129,23 @@ class ConvertOptions:
             raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
         if not 0.0 <= self.budget <= 20.0:
             raise ValueError(f"--budget is a % of the width in [0, 20], got {self.budget}")
-        if not 0.0 <= self.convergence <= 1.0:
-            raise ValueError(f"--convergence must be in [0, 1], got {self.convergence}")
+        if self.convergence != "auto" and not (
+            isinstance(self.convergence, int | float) and 0.0 <= self.convergence <= 1.0
+        ):
+            raise ValueError(f"--convergence must be 'auto' or a number in [0, 1], got {self.convergence!r}")
+        if self.eye not in EYES:
+            raise ValueError(f"--eye must be one of {', '.join(EYES)}, got {self.eye!r}")
+        if self.refiner and self.eye == "both":
+            raise ValueError("--refiner synthesizes one eye: pass --eye right or --eye left with it")
+        if len(self.edge_dilation) != 2 or min(self.edge_dilation) < 0:
+            raise ValueError(f"--edge-dilation takes X [Y] pixels >= 0, got {self.edge_dilation}")
+        ComfortBound(*self.comfort)  # raises on a bound outside (0, 20] %
+        if not 0.0 <= self.smoothing < 1.0:
+            raise ValueError(f"--smoothing must be in [0, 1), got {self.smoothing}")
+        if self.lookahead < 0:
+            raise ValueError(f"--lookahead must be >= 0 frames, got {self.lookahead}")
+        if self.report is not None:
+            check_report_path(self.report)
         if self.start is not None and self.start < 0:
             raise ValueError(f"--start must be >= 0 seconds, got {self.start}")
         if self.start is not None and self.end is not None and self.end <= self.start:
@@ -276,6 +306,18 @@ def convert_video(
         )
     queue = _PairQueue()
     normalizer = TemporalNormalizer()
+    stabilizer = DepthStabilizer(options.smoothing)
+    planner = ConvergencePlanner(
+        options.budget,
+        None if options.convergence == "auto" else float(options.convergence),
+        ComfortBound(*options.comfort),
+        lookahead=options.lookahead,
+    )
+    renderer = (
+        StereoRenderer(options.eye, options.edge_dilation, options.inpaint)
+        if refiner is None
+        else RefinedEye(refiner, options.eye, options.edge_dilation)
+    )
     cuts = CutDetector()
     start = options.start or 0.0
     end = options.end
@@ -287,7 +329,13 @@ def convert_video(
     done = 0
     stats = DecodeStats()
     # every stage whose state carries from one chunk to the next: saved with each part
-    stateful = {"cuts": cuts, "normalizer": normalizer, "estimator": estimator}
+    stateful = {
+        "cuts": cuts,
+        "normalizer": normalizer,
+        "estimator": estimator,
+        "stabilizer": stabilizer,
+        "planner": planner,
+    }
     resumable = refiner is None and not info.is_image
     part_frames = _part_frames(options, info.fps) if resumable else 2**62
     snapshots: dict[int, dict] = {}
@@ -330,28 +378,34 @@ def convert_video(
         disparity = None
         for a, b, is_cut in _segments(flags):
             if is_cut:
-                estimator.reset()
-                normalizer.reset()
-            part = _disparity(frames[a:b].float().div_(255.0), estimator, normalizer, options)
+                for stage in (estimator, normalizer, stabilizer, planner):
+                    stage.reset()
+            part = _disparity(frames[a:b].float().div_(255.0), estimator, normalizer, stabilizer, planner)
             if disparity is None:
                 disparity = part.new_empty((len(chunk), *part.shape[1:]))
             disparity[a:b] = part
         timings["depth"] += time.perf_counter() - start
         return chunk, disparity, flags
 
-    def pack(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    def pack(source: torch.Tensor, left: torch.Tensor | None, right: torch.Tensor | None) -> torch.Tensor:
+        """Lay out one chunk; ``None`` is the eye that is the source (``uint8``, as decoded)."""
         start = time.perf_counter()
-        left = left.to(device)
-        if options.format in ("full-sbs", "full-tb"):  # the left eye goes out as decoded
-            packed = compose(left, _to_uint8(right), options.format)
+        source = source.to(device)
+        if options.format in ("full-sbs", "full-tb"):  # the source eye goes out as decoded
+            eyes = [source if e is None else _to_uint8(e) for e in (left, right)]
+            packed = compose(*eyes, options.format)
         else:
-            packed = _to_uint8(compose(left.float().div_(255.0), right, options.format))
+            eyes = [source.float().div_(255.0) if e is None else e for e in (left, right)]
+            packed = _to_uint8(compose(*eyes, options.format))
         timings["compose"] += time.perf_counter() - start
         return packed.cpu()
 
     def pack_ready(right: torch.Tensor):
-        """Pair refined right-eye frames with their queued source frames."""
-        pieces = [(stamps, pack(left, other)) for left, stamps, other in queue.pair(right)]
+        """Pair refined frames of the synthesized eye with their queued source frames."""
+        pieces = [
+            (stamps, pack(source, *((None, other) if options.eye == "right" else (other, None))))
+            for source, stamps, other in queue.pair(right)
+        ]
         if not pieces:
             return torch.empty(0, dtype=torch.float64), None
         return torch.cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces])
@@ -360,13 +414,13 @@ def convert_video(
         chunk, disparity, flags = item
         frames = chunk.frames.to(device).float().div_(255.0)
         if refiner is None:
-            return chunk.timestamps, pack(chunk.frames, _right_eye(frames, disparity, options, timings))
+            return chunk.timestamps, pack(chunk.frames, *renderer(frames, disparity))
         queue.add(chunk.frames, chunk.timestamps)
         ready = []
         for a, b, is_cut in _segments(flags):
             if is_cut:  # no blending across a shot cut
-                ready.append(refiner.flush())
-            ready.append(_refined_right_eye(frames[a:b], disparity[a:b], refiner, timings))
+                ready.append(renderer.flush())
+            ready.append(renderer.push(frames[a:b], disparity[a:b]))
         return pack_ready(torch.cat([r.to(device) for r in ready]))
 
     def depth_and_snapshot(chunk):
@@ -406,7 +460,7 @@ def convert_video(
                 timings=timings,
             )
             if refiner is not None:  # the frames held back for blending
-                encode_stage(pack_ready(refiner.flush().to(device)))
+                encode_stage(pack_ready(renderer.flush().to(device)))
         began_encode = time.perf_counter()
         writer.close()
         timings["encode"] += time.perf_counter() - began_encode
@@ -419,6 +473,9 @@ def convert_video(
             writer.abort()
         raise
     timings.pop("render")  # its parts: warp, fill, compose
+    timings.update(renderer.timings)
+    if options.report is not None:
+        planner.write_report(options.report, info.fps)
     return ConvertReport(
         out_path, done, time.perf_counter() - began, info.width, info.height, timings, stats.dropped, resumed
     )
@@ -428,23 +485,10 @@ def _to_uint8(frames: torch.Tensor) -> torch.Tensor:
     return frames.clamp(0.0, 1.0).mul_(255.0).add_(0.5).to(torch.uint8)
 
 
-def _disparity(frames, estimator, normalizer, options: ConvertOptions) -> torch.Tensor:
-    inverse_depth = estimator(frames)
-    normalized = normalizer(inverse_depth)
-    return disparity_from_normalized(normalized, frames.shape[-1], options.budget, options.convergence)
-
-
-def _refined_right_eye(
-    frames, disparity, refiner: StreamingRefiner, timings: dict[str, float]
-) -> torch.Tensor:
-    """The right-eye frames of the stream that are ready (the refiner holds a few back)."""
-    start = time.perf_counter()
-    warped = forward_warp(frames, disparity)
-    middle = time.perf_counter()
-    right = refiner.push(warped.image, warped.holes, frames, warped.disparity)
-    timings["warp"] += middle - start
-    timings["fill"] += time.perf_counter() - middle
-    return right
+def _disparity(frames, estimator, normalizer, stabilizer, planner) -> torch.Tensor:
+    """Frames of one shot → disparity in pixels: depth, shot range, planned screen plane and
+    budget, then held steady where the picture is still (the plan's changes included)."""
+    return stabilizer(frames, planner(normalizer(estimator(frames))))
 
 
 class _PairQueue:
@@ -471,13 +515,3 @@ class _PairQueue:
                 self._stamps.pop(0)
             else:
                 self._frames[0], self._stamps[0] = frames[take:], stamps[take:]
-
-
-def _right_eye(frames, disparity, options: ConvertOptions, timings: dict[str, float]) -> torch.Tensor:
-    start = time.perf_counter()
-    warped = forward_warp(frames, disparity)
-    middle = time.perf_counter()
-    right = fill_holes(warped.image, warped.holes, warped.disparity, inpaint=options.inpaint)
-    timings["warp"] += middle - start
-    timings["fill"] += time.perf_counter() - middle
-    return right

@@ -81,6 +81,7 @@ def _files(root) -> set[str]:
 def test_ray_job_builds_the_corpus_and_records_every_bad_file(corpus):
     root, summary = corpus
     assert summary["videos"] == 9 and summary["videos_failed"] == 6  # cut.mkv: failed, 1 clip kept
+    assert summary["videos_ok"] + summary["videos_failed"] == summary["videos"] == summary["inputs"]
     # 3 good videos x 5 clips, plus the clips of the truncated stream decoded before the cut
     clips = load_manifest(str(root))
     kept = int(clips.source_path.str.endswith("cut.mkv").sum())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -142,7 +143,7 @@ def test_manifest_command_prints_summary_query_and_failures(corpus, capsys):
     assert cli(["manifest", str(corpus)]) == 0
     out = capsys.readouterr().out
     assert "clips: 9 from 3 videos, 72 frames" in out and "failures: 1 (1 whole videos, 0 clips)" in out
-    assert "sources: films (6), shorts (3)" in out and "last build: 4 videos" in out
+    assert "sources: films (6), shorts (3)" in out and "last build: 4 videos (1 failed)" in out
     assert cli(["manifest", str(corpus), "--query", "source == 'shorts'", "--failures"]) == 0
     out = capsys.readouterr().out
     assert "query \"source == 'shorts'\": 3 of 9 clips" in out and "broken.mp4" in out
@@ -155,6 +156,24 @@ def test_manifest_command_errors_are_one_line(corpus, tmp_path, capsys):
     assert len(errors) == 2
     assert errors[0].startswith("spatialdreamer manifest: error: no clips table")
     assert errors[1].startswith("spatialdreamer manifest: error: bad --query")
+    assert "the columns are: clip_id, video_id," in errors[1] and "hole_ratio" in errors[1]
+
+
+def test_failure_reasons_are_never_cut_mid_word(corpus, tmp_path, capsys):
+    from spatialdreamer.corpus import record_failure
+
+    root = tmp_path / "corpus"
+    shutil.copytree(corpus, root)
+    reason = "a very long reason " + " ".join(f"word{i:03d}" for i in range(40))
+    record_failure(str(root), str(root / "elsewhere.mp4"), "decode", reason)
+    compact_table(str(root), "failures")
+    failures = load_manifest(str(root), table="failures")
+    summary = summarize_manifest(load_manifest(str(root)), failures)
+    (example,) = [line for line in summary.splitlines() if line.startswith("  decode:")]
+    shown = example.split("e.g. ", 1)[1]
+    assert shown.endswith(" ...") and all(word in reason.split() for word in shown[:-4].split())
+    assert cli(["manifest", str(root), "--failures", "--head", "20"]) == 0
+    assert reason in capsys.readouterr().out  # the listing shows reasons in full
 
 
 README = Path(__file__).resolve().parents[1] / "manifests" / "README.md"

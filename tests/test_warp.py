@@ -277,3 +277,41 @@ def test_auto_backend_keeps_gradients_and_other_dtypes_on_the_torch_ops():
         )
     with pytest.raises(ValueError, match="backend"):
         forward_warp(torch.rand(1, 3, 4, 16), torch.ones(1, 1, 4, 16), backend="numba")
+
+
+def _hole_runs(holes: torch.Tensor) -> list[tuple[int, int]]:
+    """``(start, stop)`` of each run of holes in a 1-D bool row."""
+    runs, start = [], None
+    for x, h in enumerate([*holes.tolist(), False]):
+        if h and start is None:
+            start = x
+        elif not h and start is not None:
+            runs.append((start, x))
+            start = None
+    return runs
+
+
+@pytest.mark.parametrize("backend", ["torch", "compiled", "cuda"])
+@pytest.mark.parametrize("towards", ["right", "left"])
+@pytest.mark.parametrize("fall", [[1.5] * 10, [3.0] * 6, [2.0, 0.0] * 5, [1.2, 2.5, 0.5, 3.0, 1.1, 1.1]])
+def test_a_steep_disparity_ramp_opens_one_contiguous_disocclusion(backend, towards, fall):
+    """Soft depth edges (as learned depth gives) fall faster than 1 px per px: one hole, no comb."""
+    if backend == "compiled":
+        pytest.importorskip("numba")
+    if backend == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    near, w = 30.0, 96
+    ramp = [near]
+    for step in fall:
+        ramp.append(ramp[-1] - step)
+    d = [near] * 40 + ramp[1:] + [ramp[-1] - 1.5] + [ramp[-1] - 3.0] * (w - 41 - len(fall))
+    img, disparity = _row(list(range(w)), d)
+    if towards == "left":  # the mirrored layout: the near side on the right, warping the other way
+        img, disparity = img.flip(-1), disparity.flip(-1)
+    if backend == "cuda":
+        img, disparity, backend = img.cuda(), disparity.cuda(), "torch"
+    out = forward_warp(img, disparity, towards=towards, backend=backend)
+    holes = out.holes[0, 0, 0].cpu() if towards == "right" else out.holes[0, 0, 0].cpu().flip(-1)
+    inner = [run for run in _hole_runs(holes) if run[0] > 0 and run[1] < w - 1]
+    assert len(inner) == 1, f"alternating holes {inner}"
+    assert inner[0][1] - inner[0][0] >= sum(fall) - 2  # the ramp's whole disocclusion

@@ -18,6 +18,7 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
+from spatialdreamer.cli.help import HelpFormatter, add_verbose
 from spatialdreamer.runtime import configure_cpu
 
 log = logging.getLogger("spatialdreamer")
@@ -33,8 +34,18 @@ def _size(text: str) -> tuple[int, int]:
     return w, h
 
 
+def _interactive() -> bool:
+    """Whether a person watches standard error (status lines there; logs stay one line per error)."""
+    return sys.stderr.isatty()
+
+
+# the same as spatialdreamer.convert.CODECS and PIX_FMTS, here so that --help needs no torch
+_CODECS = ("auto", "h264", "h265", "vp9", "mpeg4")
+_PIX_FMTS = ("auto", "yuv420p", "yuv420p10le", "yuv444p", "yuv444p10le")
+
+
 def _add_convert(sub) -> None:
-    from spatialdreamer.convert import CODECS, DEFAULT_DEPTH_MODEL, PIX_FMTS
+    from spatialdreamer.depth import DEFAULT_DEPTH_MODEL  # not from convert: --help in 1.5 s, not 8 s
     from spatialdreamer.stereo import FORMATS
 
     p = sub.add_parser(
@@ -75,24 +86,74 @@ def _add_convert(sub) -> None:
         f"Default {DEFAULT_DEPTH_MODEL}",
     )
     p.add_argument("--budget", type=float, default=3.0, help="depth budget, %% of the width (default 3)")
+
+    # rendering: which eyes, edges, screen plane and comfort, temporal smoothing, per-shot report
+    def convergence(text: str) -> float | str:
+        try:
+            return "auto" if text == "auto" else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'auto' or a number in [0, 1], got {text!r}") from None
+
     p.add_argument(
         "--convergence",
-        type=float,
+        type=convergence,
         default=0.5,
-        help="screen plane: 0 = all in front, 1 = all behind (default 0.5)",
+        help="screen plane: 0 = all in front, 1 = all behind (default 0.5); 'auto' = per shot, the "
+        "salient depth on the screen and the depth held inside --comfort",
+    )
+    p.add_argument(
+        "--comfort",
+        type=float,
+        nargs=2,
+        default=(2.0, 1.5),
+        metavar=("FRONT", "BEHIND"),
+        help="with --convergence auto: the most parallax in front of / behind the screen, %% of the "
+        "width (default 2 1.5)",
+    )
+    p.add_argument(
+        "--eye",
+        choices=("both", "right", "left"),
+        default=None,
+        help="which eyes are synthesized: both (half the disparity each; the default) or one, the "
+        "source being the other (the default with --refiner is right)",
+    )
+    p.add_argument(
+        "--edge-dilation",
+        type=int,
+        nargs="+",
+        default=[2, 1],
+        metavar="X [Y]",
+        help="grow near depth by X (and Y vertical, default X//2) pixels against halos; 0 = off "
+        "(default 2 1)",
+    )
+    p.add_argument(
+        "--smoothing",
+        type=float,
+        default=0.85,
+        help="share of its previous depth a still pixel keeps per frame, in [0, 1): higher = steadier, "
+        "0 = off (default 0.85); moving pixels always follow at once",
+    )
+    p.add_argument(
+        "--lookahead",
+        type=int,
+        default=4,
+        help="frames the automatic screen plane looks ahead (within a chunk; default 4)",
+    )
+    p.add_argument(
+        "--report", default=None, metavar="FILE", help="write each shot's screen plane and depth (.csv/.json)"
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--start", type=float, default=None, help="start time in seconds")
     p.add_argument("--end", type=float, default=None, help="end time in seconds")
     p.add_argument(
         "--codec",
-        choices=CODECS,
+        choices=_CODECS,
         default="auto",
         help="video codec (default auto: vp9 for .webm, mpeg4 for .avi, else h264)",
     )
     p.add_argument(
         "--pix-fmt",
-        choices=PIX_FMTS,
+        choices=_PIX_FMTS,
         default="auto",
         help="pixel format (default auto: 10 bits for a 10-bit source, else yuv420p)",
     )
@@ -132,6 +193,14 @@ def _run_convert(args) -> int:
         depth_model=args.depth_model,
         budget=args.budget,
         convergence=args.convergence,
+        comfort=tuple(args.comfort),
+        eye=args.eye or ("right" if args.refiner else "both"),
+        edge_dilation=tuple(args.edge_dilation)
+        if len(args.edge_dilation) != 1
+        else (args.edge_dilation[0], args.edge_dilation[0] // 2),
+        smoothing=args.smoothing,
+        lookahead=args.lookahead,
+        report=args.report,
         device=args.device,
         start=args.start,
         end=args.end,
@@ -165,6 +234,8 @@ def _run_convert(args) -> int:
     single = len(inputs) == 1 and Path(args.input) == inputs[0]
     if not inputs:
         raise ValueError(f"no videos or pictures found in {args.input}")
+    if not args.quiet and _interactive():  # the model loads (or downloads) before the first frame
+        print(f"loading depth model {args.depth_model} ...", file=sys.stderr, flush=True)
     with _sigterm_as_interrupt():
         if single:
             try:
@@ -243,9 +314,9 @@ def _sigterm_as_interrupt():
 def _add_synth(sub) -> None:
     p = sub.add_parser("synth", help="write procedural stereo videos (with exact ground truth)")
     p.add_argument("output", help="folder to write into")
-    p.add_argument("--count", type=int, default=3)
-    p.add_argument("--seconds", type=float, default=4.0)
-    p.add_argument("--fps", type=float, default=24.0)
+    p.add_argument("--count", type=int, default=3, help="number of videos")
+    p.add_argument("--seconds", type=float, default=4.0, help="length of each video")
+    p.add_argument("--fps", type=float, default=24.0, help="frame rate")
     p.add_argument("--size", type=_size, default=(320, 192), help="WIDTHxHEIGHT (default 320x192)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first video")
     p.add_argument("--ground-truth", action="store_true", help="also write right views, disparity and masks")
@@ -299,7 +370,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--out", default="eval_out", help="where results.csv/.md go (default eval_out)")
     p.add_argument("--lpips-backbone", default=None, help="torchvision AlexNet/VGG16 ImageNet checkpoint")
     p.add_argument("--lpips-weights", default=None, help="LPIPS v0.1 linear layers (alex.pth / vgg.pth)")
-    p.add_argument("--lpips-net", choices=("alex", "vgg"), default="alex")
+    p.add_argument("--lpips-net", choices=("alex", "vgg"), default="alex", help="LPIPS backbone")
     p.add_argument("--i3d", default=None, help="I3D weights for FVD (InceptionI3d state dict or TorchScript)")
     p.add_argument("--raft-weights", default=None, help="RAFT checkpoint: E_warp flow by RAFT")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -373,22 +444,50 @@ def _run_manifest(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="spatialdreamer", description="Monocular video to stereo video.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log details and show tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True)
-    _add_convert(sub)
-    _add_synth(sub)
-    _add_demo(sub)
-    _add_eval(sub)
-    _add_manifest(sub)
+# The subcommands, in the order --help lists them, with their one-line help. Only the one
+# named on the command line gets its arguments (convert's import torch): --help stays instant.
+_COMMANDS = {
+    "convert": ("convert a monocular video into a stereo video", _add_convert),
+    "synth": ("write procedural stereo videos (with exact ground truth)", _add_synth),
+    "demo": ("end-to-end demo on generated videos (no downloads)", _add_demo),
+    "eval": ("score predicted right views against ground truth (results table)", _add_eval),
+    "manifest": ("summarise a stereo corpus built by pipelines.build_dataset", _add_manifest),
+}
+_DESCRIPTION = "Monocular video to stereo video.\n\n" + __doc__.split("\n\n", 1)[1].strip()
+_VERBOSE_HELP = "log details and show tracebacks (before or after the command)"
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def _named_command(argv: Sequence[str]) -> str | None:
+    return next((arg for arg in argv if arg in _COMMANDS), None)
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The command's parser. With ``argv``, only the subcommand it names is filled in (the
+    others are listed by name and help); without, all of them are."""
+    parser = _Parser(prog="spatialdreamer", description=_DESCRIPTION)
+    add_verbose(parser, True, _VERBOSE_HELP)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    wanted = _named_command(argv) if argv is not None else None
+    for name, (text, add) in _COMMANDS.items():
+        if argv is None or name == wanted:
+            add(sub)
+        else:
+            sub.add_parser(name, help=text)
+    for child in sub.choices.values():
+        add_verbose(child, False, _VERBOSE_HELP)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     configure_cpu()  # first: before building the parser loads torch (see spatialdreamer.runtime)
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )

@@ -23,19 +23,28 @@ from spatialdreamer.corpus.records import (
     record_failure,
     video_is_done,
 )
-from spatialdreamer.corpus.sources import VIDEO_SUFFIXES, list_sources
+from spatialdreamer.corpus.sources import (
+    LIST_STAGE,
+    VIDEO_SUFFIXES,
+    SourceListing,
+    find_sources,
+    list_sources,
+)
 from spatialdreamer.corpus.split import split_video
 from spatialdreamer.corpus.write import write_clip_stage
 
 __all__ = [
     "FILTER_STAGE",
+    "LIST_STAGE",
     "VIDEO_SUFFIXES",
     "CorpusConfig",
     "DepthDVGStage",
+    "SourceListing",
     "TransientError",
     "accounted_clips",
     "build_in_process",
     "clip_budget",
+    "find_sources",
     "is_transient",
     "list_sources",
     "prepare_clips",

@@ -17,7 +17,7 @@ from spatialdreamer.corpus.records import (
 )
 from spatialdreamer.data import storage
 from spatialdreamer.data.ids import clip_id
-from spatialdreamer.video import probe_video, stream_frames
+from spatialdreamer.video import VideoError, probe_video, stream_frames
 from spatialdreamer.video.clips import ClipSplitter, resize_and_crop
 from spatialdreamer.video.shots import CutDetector
 
@@ -45,6 +45,8 @@ def split_video(row: dict, root: str, config: CorpusConfig) -> Iterator[dict]:
     try:
         with storage.local_copy(path) as local:
             info = probe_video(local)
+            if info.is_image:
+                raise VideoError(path, "is a still image, not a video")
             splitter = ClipSplitter(config.clip_length, config.stride, config.min_length, config.trim)
             cuts = CutDetector(config.cut_threshold, config.cut_window)
 
@@ -67,6 +69,10 @@ def split_video(row: dict, root: str, config: CorpusConfig) -> Iterator[dict]:
         stage = "probe" if frames_seen == 0 and not emitted else "decode"
         record_failure(root, path, stage, exc)
         status, error = f"failed in {stage}", one_line(exc)
+    if status == "complete" and not emitted:  # too short or all shots too short: say why
+        error = _no_clip_reason(frames_seen, config)
+        record_failure(root, path, "split", error)
+        status = "no clips"
     write_video_record(
         root,
         {
@@ -78,6 +84,15 @@ def split_video(row: dict, root: str, config: CorpusConfig) -> Iterator[dict]:
             "clips": emitted,
             "config_hash": digest,
         },
+    )
+
+
+def _no_clip_reason(frames: int, config: CorpusConfig) -> str:
+    if frames < config.min_length:
+        return f"too short for a clip: {frames} frames, a clip needs {config.min_length} (min_length)"
+    return (
+        f"no clip: every shot is shorter than {config.min_length} frames (min_length) "
+        f"after trimming {config.trim} frames at each cut"
     )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import textwrap
 from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
@@ -30,6 +31,7 @@ __all__ = [
     "FAILURE_SCHEMA",
     "compact_table",
     "describe_corpus",
+    "format_failures",
     "load_manifest",
     "read_records",
     "summarize_manifest",
@@ -236,11 +238,30 @@ def summarize_manifest(clips: pd.DataFrame, failures: pd.DataFrame | None = None
         failures = failures[failures["stage"] != "filter"] if len(failures) else failures
         if len(filtered):
             lines.append(f"filtered by quality thresholds: {len(filtered)} clips")
-        videos = failures["clip_id"].isna().sum() if len(failures) else 0
-        lines.append(f"failures: {len(failures)} ({videos} whole videos, {len(failures) - videos} clips)")
+        listed = int((failures["stage"] == "list").sum()) if len(failures) else 0
+        videos = int(failures["clip_id"].isna().sum()) - listed if len(failures) else 0
+        not_videos = f", {listed} inputs that are not videos" if listed else ""
+        lines.append(
+            f"failures: {len(failures)} ({videos} whole videos, "
+            f"{len(failures) - videos - listed} clips{not_videos})"
+        )
         for stage, count in failures["stage"].value_counts().sort_index().items() if len(failures) else []:
             example = failures.loc[failures["stage"] == stage, "error"].iloc[0]
-            lines.append(f"  {stage}: {count}  e.g. {example[:100]}")
+            lines.append(f"  {stage}: {count}  e.g. {_shorten(example, 100)}")
+    return "\n".join(lines)
+
+
+def _shorten(text: str, width: int) -> str:
+    """``text`` cut at a word boundary to at most ``width`` characters (never mid-word)."""
+    return textwrap.shorten(text, width, placeholder=" ...") if len(text) > width else text
+
+
+def format_failures(failures: pd.DataFrame, head: int | None = None) -> str:
+    """The failures one per entry, reasons in full: the path, then the stage and the reason."""
+    shown = failures if head is None else failures.head(head)
+    lines = [f"{row.path}\n    {row.stage}: {row.error}" for row in shown.itertuples()]
+    if len(shown) < len(failures):
+        lines.append(f"... and {len(failures) - len(shown)} more (--head N shows more)")
     return "\n".join(lines)
 
 
@@ -254,10 +275,11 @@ def describe_corpus(root: str, query: str | None = None, failures: bool = False,
     success = storage.join(root, "_SUCCESS.json")
     if storage.exists(success):
         last = json.loads(storage.read_bytes(success))
+        skipped = f", {last['inputs_not_videos']} inputs not videos" if last.get("inputs_not_videos") else ""
         lines.append(
-            f"last build: {last.get('videos')} videos, {last.get('clips_written')} clips written in "
-            f"{last.get('wall_seconds')} s ({last.get('frames_per_second')} frames/s), "
-            f"config {last.get('config_hash')}"
+            f"last build: {last.get('videos')} videos ({last.get('videos_failed', 0)} failed{skipped}), "
+            f"{last.get('clips_written')} clips written in {last.get('wall_seconds')} s "
+            f"({last.get('frames_per_second')} frames/s), config {last.get('config_hash')}"
         )
     lines.append(summarize_manifest(clips, failed))
     if query:
@@ -265,12 +287,14 @@ def describe_corpus(root: str, query: str | None = None, failures: bool = False,
             matches = clips.query(query)
         except Exception as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ValueError(f"bad --query {query!r}: {reason}") from exc
+            raise ValueError(
+                f"bad --query {query!r}: {reason}; the columns are: {', '.join(clips.columns)}"
+            ) from exc
         lines.append(f"\nquery {query!r}: {len(matches)} of {len(clips)} clips")
         if len(matches):
             shown = matches[["clip_id", "source", "hole_ratio", "motion_score", "disparity_p95", "rgb_path"]]
             lines.append(shown.head(head).to_string(index=False))
     if failures and len(failed):
         lines.append("")
-        lines.append(failed[["path", "stage", "error"]].head(head).to_string(index=False, max_colwidth=80))
+        lines.append(format_failures(failed, head))
     return "\n".join(lines)

@@ -51,6 +51,9 @@ def _compile():
         v = np.ones(w, np.bool_)
         best = np.empty(w, np.float32)
         rightmost = np.empty(w, np.int64)
+        opens = np.zeros(w, np.bool_)  # opens[x]: the edge x | x+1 is a disocclusion
+        joins = np.zeros(w, np.bool_)  # joins[x]: x and x+1 lie on one surface
+        fragment = np.empty(w, np.bool_)
         for r in range(r0, r1):
             b = r // h
             y = r - b * h
@@ -62,9 +65,20 @@ def _compile():
                     v[x] = valid[b, y, a]
                 best[x] = minus_one
                 rightmost[x] = -1
+            for x in range(w - 1):
+                both = v[x] and v[x + 1]
+                opens[x] = both and d[x + 1] - d[x] < -tau
+                joins[x] = both and abs(d[x + 1] - d[x]) <= tau
+            # ramp fragments: segments of one or two pixels between two opening edges
+            for x in range(w):
+                open_left = x > 0 and opens[x - 1]
+                single = open_left and opens[x]
+                first_of_two = open_left and x < w - 1 and joins[x] and opens[x + 1]
+                second_of_two = x > 1 and joins[x - 1] and opens[x - 2] and opens[x]
+                fragment[x] = single or first_of_two or second_of_two
             # splat: each source covers [lo, hi) and the largest source column wins a target
             for x in range(w):
-                if not v[x]:
+                if not v[x] or fragment[x]:
                     continue
                 fx = np.float32(x)
                 p = fx - d[x]
@@ -73,8 +87,8 @@ def _compile():
                     first_target = zero
                 if first_target < w:
                     rightmost[np.int64(first_target)] = x
-                joined_left = x > 0 and v[x - 1] and abs(d[x] - d[x - 1]) <= tau
-                joined_right = x < w - 1 and v[x + 1] and abs(d[x + 1] - d[x]) <= tau
+                joined_left = x > 0 and joins[x - 1]
+                joined_right = joins[x]
                 p_next = np.float32(x + 1) - d[x + 1] if x < w - 1 else p
                 lo = p if joined_left else p - half
                 hi = p_next if joined_right else p + half
@@ -108,9 +122,7 @@ def _compile():
                     if (
                         x_star >= 0
                         and x_star < w - 1
-                        and v[x_star]
-                        and v[x_star + 1]
-                        and d[x_star + 1] - d[x_star] < -tau
+                        and opens[x_star]
                         and sx < x_star
                         and seen_disp < d[x_star + 1] - tau
                     ):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 __all__ = [
+    "dilate_foreground",
     "disparity_from_normalized",
     "inverse_depth_from_metric",
     "normalize_inverse_depth",
@@ -90,3 +91,40 @@ def disparity_from_normalized(
     if not 0.0 <= convergence <= 1.0:
         raise ValueError(f"convergence must be in [0, 1], got {convergence}")
     return (normalized - convergence) * (budget / 100.0 * width)
+
+
+def dilate_foreground(disparity: torch.Tensor, radius: tuple[int, int] = (2, 1)) -> torch.Tensor:
+    """Grow near surfaces (larger disparity) outwards by ``radius = (x, y)`` pixels.
+
+    Depth from a model is softer than the picture: the outermost pixels of a foreground object
+    get part of the background's depth, stay behind when the object shifts, and leave a halo of
+    its colour on the background. A grey-scale dilation (a flat ``(2y+1, 2x+1)`` max filter,
+    which is what morphological dilation is, run as a few shifted maxima along each axis: on a
+    CPU about ten times faster than ``max_pool2d`` or kornia's unfold-based ``dilation``) moves
+    those pixels with their object; the disocclusion then opens on the background side.
+
+    Args:
+        disparity: ``[B,1,H,W]`` float, larger = nearer (also works on normalised inverse depth).
+        radius: ``(x, y)`` pixels, each >= 0; ``(0, 0)`` returns the input.
+
+    Example:
+        >>> d = torch.zeros(1, 1, 1, 7); d[..., 3] = 5.0
+        >>> dilate_foreground(d, (1, 0))[0, 0, 0].tolist()
+        [0.0, 0.0, 5.0, 5.0, 5.0, 0.0, 0.0]
+    """
+    rx, ry = radius
+    if rx < 0 or ry < 0:
+        raise ValueError(f"edge dilation radius must be >= 0 pixels, got {radius}")
+    if disparity.ndim != 4 or disparity.shape[1] != 1:
+        raise ValueError(f"disparity must be [B,1,H,W], got {tuple(disparity.shape)}")
+    out = disparity
+    for axis, r in ((-1, rx), (-2, ry)):  # a rectangle's max filter is two 1-D ones
+        if r == 0:
+            continue
+        src, out = out, out.clone()
+        n = out.shape[axis]
+        for k in range(1, min(r, n - 1) + 1):
+            ahead, behind = out.narrow(axis, k, n - k), out.narrow(axis, 0, n - k)
+            ahead.copy_(torch.maximum(ahead, src.narrow(axis, 0, n - k)))
+            behind.copy_(torch.maximum(behind, src.narrow(axis, k, n - k)))
+    return out

@@ -11,6 +11,13 @@ interpolated (sub-pixel, no gaps that background could leak through) while depth
 never blended. A depth edge that opens up in the target view (a disocclusion) leaves a hole;
 anything farther than both sides of that edge that lands inside it is a *layered hole*: the
 background would otherwise show through a gap in the foreground.
+
+A *steep ramp* (disparity falling faster than ``edge_threshold`` per pixel towards the right,
+as soft depth edges from learned depth models do) is a run of depth edges: splatting each of
+its pixels alone leaves alternating one-pixel holes (a comb) that the fill turns into stripes.
+A segment of one or two pixels with an opening edge on both sides is such a
+fragment: it is not splatted, so the ramp opens one contiguous disocclusion, while it still
+bounds the gap (background behind it stays hidden).
 """
 
 from __future__ import annotations
@@ -195,6 +202,11 @@ def _warp_leftwards(
     hi = torch.where(joined_right, p_next, p + 0.5)
     first = torch.ceil(lo)
     count = (torch.ceil(hi) - first).clamp_(min=0)
+    opening = step < -tau
+    if valid is not None:
+        opening &= valid[:, 0, :, 1:] & valid[:, 0, :, :-1]
+    fragment = _ramp_fragments(opening, joined_left, joined_right)
+    count.masked_fill_(fragment, 0)
     if valid is not None:
         count.masked_fill_(~valid[:, 0], 0)
     seg_len = (p_next - p).clamp_(min=1e-6)
@@ -228,7 +240,7 @@ def _warp_leftwards(
     # multiply-add): every backend then rounds the same way, the compiled kernel included
     g0 = stacked.gather(-1, i0.expand(b, c + 1, h, w))
     out = g0 + frac.to(stacked.dtype) * (stacked.gather(-1, i1.expand(b, c + 1, h, w)) - g0)
-    holes = ~seen | _layered_holes(d, p, step, tau, source_x, out[:, c].float(), valid)
+    holes = ~seen | _layered_holes(d, p, opening, source_x, out[:, c].float(), valid, fragment, tau)
     out.masked_fill_(holes.unsqueeze(1), 0)
     return WarpResult(
         image=out[:, :c],
@@ -245,7 +257,18 @@ def _sample_column(col, t, p, seg_len, joined_right):
     return torch.where((t >= p) & joined_right, along, x)
 
 
-def _layered_holes(d, p, step, tau, source_x, seen_disp, valid):
+def _ramp_fragments(opening, joined_left, joined_right):
+    """Pixels of segments of one or two pixels that have an opening depth edge on both sides."""
+    false_col = torch.zeros_like(opening[..., :1])
+    open_left = torch.cat([false_col, opening], -1)  # edge between x-1 and x opens
+    open_right = torch.cat([opening, false_col], -1)  # edge between x and x+1 opens
+    right_of = torch.cat([open_right[..., 1:], false_col], -1)  # edge between x+1 and x+2
+    left_of = torch.cat([false_col, open_left[..., :-1]], -1)  # edge between x-2 and x-1
+    single = open_left & open_right
+    return single | (joined_right & open_left & right_of) | (joined_left & left_of & open_right)
+
+
+def _layered_holes(d, p, opening, source_x, seen_disp, valid, fragment, tau):
     """Targets where the visible surface lies behind a disocclusion gap of a nearer surface.
 
     A disocclusion edge between source ``x`` (near) and ``x+1`` (farther) opens the target
@@ -259,7 +282,7 @@ def _layered_holes(d, p, step, tau, source_x, seen_disp, valid):
     b, h, w = d.shape
     device = d.device
     first_target = torch.ceil(p).clamp_(min=0)
-    lands = first_target < w
+    lands = (first_target < w) & ~fragment
     if valid is not None:
         lands &= valid[:, 0]
     row_base = torch.arange(b * h, device=device).view(b, h, 1) * w
@@ -269,10 +292,6 @@ def _layered_holes(d, p, step, tau, source_x, seen_disp, valid):
     rightmost.scatter_reduce_(0, index.reshape(-1), col.reshape(-1), "amax")
     x_star = rightmost[:-1].view(b, h, w).cummax(-1).values.long()
 
-    opening = step < -tau
-    if valid is not None:
-        v = valid[:, 0]
-        opening &= v[..., 1:] & v[..., :-1]
     opening = torch.cat([opening, torch.zeros_like(opening[..., :1])], -1)
     at = x_star.clamp(min=0)
     in_gap = (x_star >= 0) & opening.gather(-1, at)

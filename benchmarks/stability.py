@@ -1,0 +1,238 @@
+"""Shimmer of the synthesized eyes on still parts of the picture, with and without stabilisation.
+
+Shimmer ratio: the mean per-frame change (grey levels) of a synthesized eye on pixels where the
+source does not change, divided by the source's own change there. 1.0 = the eye is exactly as
+steady as the source; more = the 3D conversion adds flicker.
+
+Two clips, rendered through the converter's own stages (depth → shot normalisation →
+:class:`~spatialdreamer.stereo.stabilize.DepthStabilizer` →
+:class:`~spatialdreamer.stereo.comfort.ConvergencePlanner` →
+:class:`~spatialdreamer.stereo.render.StereoRenderer`), chunk by chunk as ``convert`` runs
+them, with no encoding in between (the codec's own noise is not part of the figure):
+
+- **real texture, parallax depth**: a real photograph (scikit-image's ``coffee``) under a slow
+  camera pan that then holds still, a real cut-out (``chelsea``, the cat) moving across it, and
+  sensor-like noise rounded to 8 bits, as a decoded video has; depth from the weight-free
+  ``parallax`` estimator. (Big Buck Bunny, the clip the issue was measured on, is not
+  available offline; this clip stands in for it.)
+- **synth, exact depth**: a :mod:`spatialdreamer.synth` scene with a still camera and moving
+  cards, the same noise, its exact inverse depth as the depth model;
+- **synth, depth wobbling 3 %**: the same scene and depth plus the error a per-frame depth
+  model makes, new every frame (a smooth random field of 3 % of the depth range and a 1.5 %
+  scale error): the temporal inconsistency that makes learned depth shimmer.
+
+Each row also prints the *lag on moving pixels*: the mean difference in disparity (pixels)
+between the stabilised and the raw estimate on the moving object, which stays near 0 when
+moving objects do not drag old depth behind them (no ghosting).
+
+``--speed WxH`` also times the renderer (warp, fill, both eyes or one) per frame at that size,
+the configurations interleaved and repeated so that they share the machine's load.
+
+Run: ``python -m benchmarks.stability [--frames 80] [--size 384x216] [--speed 1280x720]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from spatialdreamer.depth import TemporalNormalizer, load_depth_estimator
+from spatialdreamer.dvg import forward_warp
+from spatialdreamer.stereo import fill_holes
+from spatialdreamer.stereo.comfort import ConvergencePlanner
+from spatialdreamer.stereo.render import StereoRenderer
+from spatialdreamer.stereo.stabilize import DepthStabilizer
+from spatialdreamer.synth import make_scene
+
+STILL = 2 / 255  # a source pixel counts as still when it changes by less than this
+NOISE = 0.3  # grey levels of sensor-like noise before rounding: a clean, decoded source
+
+
+def real_texture_clip(
+    frames: int, width: int, height: int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[T,3,H,W]`` uint8: a photograph panned slowly, then held, with a cut-out moving across;
+    and ``[T,1,H,W]`` bool, where the cut-out is."""
+    from skimage import data
+
+    rng = np.random.default_rng(seed)
+    photo = torch.from_numpy(data.coffee()).permute(2, 0, 1).float()[None] / 255.0
+    cat = torch.from_numpy(data.chelsea()).permute(2, 0, 1).float()[None] / 255.0
+    scale = max((height + 8) / photo.shape[-2], (width + 0.3 * frames + 8) / photo.shape[-1])
+    big = F.interpolate(photo, scale_factor=scale, mode="bilinear", antialias=True)
+    size = height // 3
+    cat = F.interpolate(cat[..., 40:260, 120:340], size=(size, size), mode="area")[0]
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    disc = (yy**2 + xx**2) < 0.9
+    pan_frames = frames * 2 // 5
+    out, masks = [], []
+    for t in range(frames):
+        shift = 0.3 * min(t, pan_frames)  # pixels; sub-pixel steps, then still
+        theta = torch.tensor([[[1.0, 0.0, 2 * shift / big.shape[-1]], [0.0, 1.0, 0.0]]])
+        grid = F.affine_grid(theta, big.shape, align_corners=False)
+        frame = F.grid_sample(big, grid, align_corners=False, padding_mode="border")[
+            0, :, 4 : 4 + height, :width
+        ]
+        x0 = int(width * 0.1 + 2.0 * t) % (width - size)
+        y0 = height - size - 4
+        region = frame[:, y0 : y0 + size, x0 : x0 + size]
+        frame[:, y0 : y0 + size, x0 : x0 + size] = torch.where(disc, cat, region)
+        mask = torch.zeros(1, height, width, dtype=torch.bool)
+        mask[:, y0 : y0 + size, x0 : x0 + size] = disc
+        masks.append(mask)
+        out.append(as_decoded(frame, rng))
+    return torch.stack(out), torch.stack(masks)
+
+
+def as_decoded(frames: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Frames in [0, 1] as 8-bit video with a little sensor-like noise: a still pixel of a
+    decoded video changes by a fraction of a grey level, never by exactly nothing."""
+    noise = torch.from_numpy(rng.normal(0.0, NOISE, frames.shape)).float()
+    return (frames * 255.0 + noise).round().clamp(0, 255).to(torch.uint8)
+
+
+class _ExactDepth:
+    """A depth 'model' that returns the synth scene's exact inverse depth, frame by frame;
+    with ``wobble``, plus what a per-frame depth model adds: a smooth random error field of
+    ``wobble`` times the depth range and a global scale error of half that, new every frame."""
+
+    def __init__(self, inverse_depth: torch.Tensor, wobble: float = 0.0, seed: int = 0) -> None:
+        self.inverse_depth = inverse_depth
+        self.wobble = wobble
+        self.generator = torch.Generator().manual_seed(seed)
+        self.at = 0
+
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        out = self.inverse_depth[self.at : self.at + len(frames)]
+        self.at += len(frames)
+        if self.wobble == 0.0:
+            return out
+        b, _, h, w = out.shape
+        span = float(out.max() - out.min())
+        field = torch.randn(b, 1, max(2, h // 24), max(2, w // 24), generator=self.generator)
+        field = F.interpolate(field, size=(h, w), mode="bicubic", align_corners=False)
+        scale = 1.0 + 0.5 * self.wobble * torch.randn(b, 1, 1, 1, generator=self.generator)
+        return out * scale + self.wobble * span * field
+
+    def reset(self) -> None:
+        pass
+
+
+def _previous_renderer(frames: torch.Tensor, disparity: torch.Tensor):
+    """The converter's rendering before edge dilation, mirrored borders and both eyes."""
+    warped = forward_warp(frames, disparity)
+    return None, fill_holes(warped.image, warped.holes, warped.disparity)
+
+
+def render(frames_u8, moving, estimator, *, smoothing: float, eye: str, convergence, chunk: int = 16):
+    """The converter's rendering chain over ``[T,3,H,W]`` uint8 frames, chunk by chunk.
+    Returns ``(eyes {name: [T,3,H,W] float}, lag on the ``moving`` pixels in px, seconds)``."""
+    normalizer, stabilizer = TemporalNormalizer(), DepthStabilizer(smoothing)
+    planner = ConvergencePlanner(3.0, None if convergence == "auto" else convergence)
+    renderer = _previous_renderer if eye == "before" else StereoRenderer(eye)
+    eyes: dict[str, list[torch.Tensor]] = {"left": [], "right": []}
+    lags = []
+    began = time.perf_counter()
+    for start in range(0, len(frames_u8), chunk):
+        frames = frames_u8[start : start + chunk].float() / 255.0
+        raw = planner(normalizer(estimator(frames)))
+        steady = stabilizer(frames, raw)
+        left, right = renderer(frames, steady)
+        for name, view in (("left", left), ("right", right)):
+            if view is not None:
+                eyes[name].append(view)
+        lags.append((steady - raw).abs()[moving[start : start + chunk]])
+    seconds = time.perf_counter() - began
+    return {k: torch.cat(v) for k, v in eyes.items() if v}, float(torch.cat(lags).mean()), seconds
+
+
+def still_pixels(source: torch.Tensor, reach: int) -> torch.Tensor:
+    """``[T-1,1,H,W]`` bool: pixels whose whole neighbourhood (``reach`` pixels across, the
+    disparity's range) is still in the source between frames ``t-1`` and ``t``, so a still eye
+    pixel never shows a moving source pixel."""
+    change = (source[1:] - source[:-1]).abs().amax(1, keepdim=True)
+    return F.max_pool2d(change, (3, 2 * reach + 1), stride=1, padding=(1, reach)) < STILL
+
+
+def mean_change(video: torch.Tensor, still: torch.Tensor) -> float:
+    """Mean per-frame change of ``video`` ``[T,3,H,W]`` in [0, 1] on ``still``, in grey levels."""
+    return float((video[1:] - video[:-1]).abs().mean(1, keepdim=True)[still].mean() * 255)
+
+
+def _time_renderers(width: int, height: int, frames: int = 4, repeats: int = 3) -> None:
+    scene = make_scene(0, height=height, width=width, frames=frames, max_disparity=0.03 * width)
+    configs = {
+        "before (right eye, plain warp)": _previous_renderer,
+        "right eye": StereoRenderer("right"),
+        "both eyes": StereoRenderer("both"),
+    }
+    times: dict[str, list[float]] = {name: [] for name in configs}
+    for _ in range(repeats):
+        for name, renderer in configs.items():
+            began = time.perf_counter()
+            renderer(scene.left, scene.disparity)
+            times[name].append((time.perf_counter() - began) / frames)
+    print(f"renderer at {width}x{height}, ms per frame (median of {repeats}, interleaved):")
+    for name, values in times.items():
+        print(f"  {name:>30}: {sorted(values)[len(values) // 2] * 1000:7.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--frames", type=int, default=80)
+    parser.add_argument("--size", default="384x216", help="WxH of both clips")
+    parser.add_argument("--speed", metavar="WxH", help="also time the renderer per frame at this size")
+    args = parser.parse_args()
+    if args.speed:
+        _time_renderers(*map(int, args.speed.split("x")))
+    width, height = map(int, args.size.split("x"))
+    torch.manual_seed(0)
+
+    real, real_moving = real_texture_clip(args.frames, width, height)
+    scene = make_scene(3, height=height, width=width, frames=args.frames, pan=0.0, motion=1.0)
+    synth = as_decoded(scene.left, np.random.default_rng(1))
+    still_last = torch.zeros_like(scene.occlusion[:1])
+    synth_moving = torch.cat([scene.flow.norm(dim=1, keepdim=True) > 0.25, still_last])
+    inverse_depth = 1.0 / scene.depth
+    parallax = lambda: load_depth_estimator("parallax", device="cpu")  # noqa: E731
+    clips = {
+        "real texture, parallax depth": (real, real_moving, parallax),
+        "synth, exact depth": (synth, synth_moving, lambda: _ExactDepth(inverse_depth)),
+        "synth, depth wobbling 3 %": (synth, synth_moving, lambda: _ExactDepth(inverse_depth, 0.03)),
+    }
+    reach = int(0.03 * width) + 4
+    print(f"{args.frames} frames at {width}x{height}; shimmer ratio = eye / source change on still pixels")
+    head = f"{'clip':>30} {'eye':>5} {'convergence':>11} {'smoothing':>9}"
+    print(f"{head} {'right':>6} {'left':>6} {'lag px':>6} {'s':>5}")
+    for name, (frames, moving, make_estimator) in clips.items():
+        source = frames.float() / 255.0
+        still = still_pixels(source, reach)
+        print(
+            f"{name}: {float(still.float().mean()) * 100:.0f} % of pixels still; the source changes "
+            f"{mean_change(source, still):.3f} grey levels per frame there"
+        )
+        for eye, convergence, smoothing in (
+            ("before", 0.5, 0.0),  # the converter before: one eye, plain warp and fill, no smoothing
+            ("right", 0.5, 0.0),
+            ("both", 0.5, 0.0),
+            ("both", 0.5, 0.85),
+            ("both", "auto", 0.85),
+        ):
+            views, lag, seconds = render(
+                frames, moving, make_estimator(), smoothing=smoothing, eye=eye, convergence=convergence
+            )
+            ratios = {k: mean_change(v, still) / mean_change(source, still) for k, v in views.items()}
+            cells = " ".join(f"{ratios[k]:6.2f}" if k in ratios else f"{'-':>6}" for k in ("right", "left"))
+            print(
+                f"{name:>30} {eye:>5} {convergence!s:>11} {smoothing:9.2f} {cells} {lag:6.3f} {seconds:5.1f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
