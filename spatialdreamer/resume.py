@@ -4,8 +4,8 @@ A conversion encodes its frames into parts of a fixed number of frames (each par
 encoder, so each starts with a keyframe) in a hidden folder next to the output,
 ``.<output name>.parts/``. With every finished part it saves what the next part needs to
 come out exactly as in an uninterrupted run: the source time reached, the frames written and
-the state of every stateful stage (cut detector, depth normaliser, stateful depth models) at
-that frame. Rerunning the same command after a crash or a kill restores that state, decodes
+the state of every stateful stage (cut detector, depth model and normaliser, stabiliser,
+screen-plane planner) at that frame. Rerunning the same command after a crash or a kill restores that state, decodes
 from the next frame and encodes only the parts still missing; the finished parts are joined
 without re-encoding and the source audio is added, so the result has the same frames and the
 same audio as a run that was never interrupted. (The encoder gets bit-identical frames; x264's
