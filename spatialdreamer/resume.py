@@ -5,13 +5,15 @@ encoder, so each starts with a keyframe) in a hidden folder next to the output,
 ``.<output name>.parts/``. With every finished part it saves what the next part needs to
 come out exactly as in an uninterrupted run: the source time reached, the frames written and
 the state of every stateful stage (cut detector, depth model and normaliser, stabiliser,
-screen-plane planner) at that frame. Rerunning the same command after a crash or a kill restores that state, decodes
-from the next frame and encodes only the parts still missing; the finished parts are joined
-without re-encoding and the source audio is added, so the result has the same frames and the
-same audio as a run that was never interrupted. (The encoder gets bit-identical frames; x264's
-macroblock-tree lookahead, flushed at every part's end, can still vary by a few bits between
-any two runs.) A folder left by a different command (other
-options, or a changed source) is discarded.
+screen-plane planner) at that frame. Rerunning the same command after a crash or a kill
+restores that state, decodes from the next frame and encodes only the parts still missing;
+the finished parts are joined without re-encoding and the source audio is added, so the
+result has the same frames and the same audio as a run that was never interrupted. (The
+encoder gets bit-identical frames; x264's macroblock-tree lookahead, flushed at every part's
+end, can still vary by a few bits between any two runs.) A folder left by a different
+command (other options, or a changed source) is discarded. State that is not plain data (the
+planner's list of shots for ``--report``) is not saved: after a resume the report lists the
+shots from the resume point on.
 
 State is stored with ``torch.save`` and read back with ``weights_only=True``: tensors, numbers,
 strings and containers of them, never arbitrary objects.
