@@ -121,7 +121,12 @@ def test_rotation_is_applied_so_frames_come_out_upright(tmp_path):
 def test_random_access_matches_streaming(video_with_audio, backend):
     streamed, _, _ = _all_frames(video_with_audio)
     picked = read_frames(video_with_audio, [40, 3, 17], backend=backend)
-    assert torch.equal(picked, streamed[[40, 3, 17]])
+    if backend == "pyav":
+        assert torch.equal(picked, streamed[[40, 3, 17]])
+    else:  # decord converts YUV -> RGB less accurately: the same frames, a few levels off
+        for frame, index in zip(picked.float(), [40, 3, 17], strict=True):
+            errors = [(frame - streamed[i].float()).abs().mean() for i in (index - 1, index, index + 1)]
+            assert errors[1] < min(errors[0], errors[2]) and errors[1] <= 4.0
     with pytest.raises(IndexError):
         read_frames(video_with_audio, [48], backend=backend)
 

@@ -10,10 +10,13 @@ spatialdreamer manifest CORPUS [--query EXPR] [--failures]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 
 from spatialdreamer.cli.help import HelpFormatter, add_verbose
 from spatialdreamer.runtime import configure_cpu
@@ -36,13 +39,45 @@ def _interactive() -> bool:
     return sys.stderr.isatty()
 
 
+# the same as spatialdreamer.convert.CODECS and PIX_FMTS, here so that --help needs no torch
+_CODECS = ("auto", "h264", "h265", "vp9", "mpeg4")
+_PIX_FMTS = ("auto", "yuv420p", "yuv420p10le", "yuv444p", "yuv444p10le")
+
+
 def _add_convert(sub) -> None:
     from spatialdreamer.depth import DEFAULT_DEPTH_MODEL  # not from convert: --help in 1.5 s, not 8 s
     from spatialdreamer.stereo import FORMATS
 
-    p = sub.add_parser("convert", help="convert a monocular video into a stereo video")
-    p.add_argument("input", help="source video file")
-    p.add_argument("output", help="output file (.mp4/.mkv/.mov) or folder (named with the layout tag)")
+    p = sub.add_parser(
+        "convert",
+        help="convert monocular videos (or pictures) into stereo",
+        description="Convert a video, a picture, a folder, a glob or a list file of them into stereo. "
+        "An interrupted conversion resumes where it stopped when the same command is run again.",
+    )
+    p.add_argument(
+        "input",
+        help="a video or picture, a folder, a quoted glob ('clips/*.mp4'), or a .txt list of paths",
+    )
+    p.add_argument(
+        "output",
+        help="output file (.mp4/.mkv/.mov/.webm/.avi; .png/.jpg for a picture) or folder "
+        "(files named <stem><layout tag>.mp4, which VR players recognise)",
+    )
+    p.add_argument(
+        "-y", "--overwrite", action="store_true", help="replace outputs that exist (default: keep them)"
+    )
+    p.add_argument("-r", "--recursive", action="store_true", help="take a folder's subfolders too (mirrored)")
+    p.add_argument(
+        "--skip-errors",
+        action="store_true",
+        help="with several inputs: go on past a file that fails, and list the failures at the end",
+    )
+    p.add_argument(
+        "--segment-seconds",
+        type=float,
+        default=60.0,
+        help="encode in parts of this length; a rerun resumes after the last finished part (default 60)",
+    )
     p.add_argument("--format", choices=FORMATS, default="full-sbs", help="stereo layout (default full-sbs)")
     p.add_argument(
         "--depth-model",
@@ -110,7 +145,18 @@ def _add_convert(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--start", type=float, default=None, help="start time in seconds")
     p.add_argument("--end", type=float, default=None, help="end time in seconds")
-    p.add_argument("--codec", choices=("h264", "h265"), default="h264", help="video codec of the output")
+    p.add_argument(
+        "--codec",
+        choices=_CODECS,
+        default="auto",
+        help="video codec (default auto: vp9 for .webm, mpeg4 for .avi, else h264)",
+    )
+    p.add_argument(
+        "--pix-fmt",
+        choices=_PIX_FMTS,
+        default="auto",
+        help="pixel format (default auto: 10 bits for a 10-bit source, else yuv420p)",
+    )
     p.add_argument(
         "--crf", type=int, default=17, help="quality, lower is better (default 17, visually lossless)"
     )
@@ -138,7 +184,9 @@ def _add_convert(sub) -> None:
 def _run_convert(args) -> int:
     from tqdm import tqdm
 
+    from spatialdreamer.batch import convert_batch, list_inputs
     from spatialdreamer.convert import ConvertOptions, convert_video
+    from spatialdreamer.resume import parts_folder_for
 
     options = ConvertOptions(
         format=args.format,
@@ -163,6 +211,9 @@ def _run_convert(args) -> int:
         preset=args.preset,
         refiner=args.refiner,
         refiner_steps=args.refiner_steps,
+        pix_fmt=args.pix_fmt,
+        overwrite=args.overwrite,
+        segment_seconds=args.segment_seconds,
     )
     bars: list[tqdm] = []
 
@@ -174,15 +225,90 @@ def _run_convert(args) -> int:
         bars[0].total = total
         bars[0].update(done - bars[0].n)
 
-    if not args.quiet and _interactive():  # the model loads (or downloads) before the first frame
-        print(f"loading depth model {args.depth_model} ...", file=sys.stderr, flush=True)
-    try:
-        report = convert_video(args.input, args.output, options, progress=progress)
-    finally:
+    def close_bars() -> None:
         for bar in bars:
             bar.close()
-    print(f"wrote {report.output} ({report.frames} frames, {report.fps:.1f} frames/s)")
-    return 0
+        bars.clear()
+
+    inputs, root = list_inputs(args.input, recursive=args.recursive)
+    single = len(inputs) == 1 and Path(args.input) == inputs[0]
+    if not inputs:
+        raise ValueError(f"no videos or pictures found in {args.input}")
+    if not args.quiet and _interactive():  # the model loads (or downloads) before the first frame
+        print(f"loading depth model {args.depth_model} ...", file=sys.stderr, flush=True)
+    with _sigterm_as_interrupt():
+        if single:
+            try:
+                report = convert_video(args.input, args.output, options, progress=progress)
+            except KeyboardInterrupt:
+                close_bars()
+                _say_resumable(args.input, args.output, options, parts_folder_for)
+                raise
+            finally:
+                close_bars()
+            _print_converted(report)
+            return 0
+
+        def file_progress(source, index: int, count: int):
+            close_bars()
+            if not args.quiet:
+                print(f"[{index + 1}/{count}] {source}", file=sys.stderr)
+            return progress
+
+        try:
+            batch = convert_batch(
+                inputs, args.output, options, root=root, skip_errors=args.skip_errors, progress=file_progress
+            )
+        finally:
+            close_bars()
+    for output in batch.converted:
+        print(f"wrote {output}")
+    for output in batch.skipped:
+        print(f"skipped {output} (exists; -y replaces it)")
+    for source, reason in batch.failed:
+        print(f"spatialdreamer convert: failed: {source}: {reason}", file=sys.stderr)
+    print(batch.summary())
+    return 1 if batch.failed else 0
+
+
+def _print_converted(report) -> None:
+    dropped = f"; {report.dropped} undecodable source frames dropped" if report.dropped else ""
+    resumed = f"; resumed after {report.resumed_frames} frames" if report.resumed_frames else ""
+    print(f"wrote {report.output} ({report.frames} frames, {report.fps:.1f} frames/s{resumed}{dropped})")
+
+
+def _say_resumable(source, destination, options, parts_folder_for) -> None:
+    """After an interruption: where the finished parts are, and how to go on."""
+    from spatialdreamer.convert import output_path_for
+
+    try:
+        parts = parts_folder_for(output_path_for(source, destination, options.format))
+    except ValueError:
+        return
+    if parts.exists():
+        print(
+            f"finished parts kept in {parts}; run the same command again to resume (or delete it)",
+            file=sys.stderr,
+        )
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (kill, a closing terminal, a job scheduler) stops a conversion as Ctrl-C does:
+    temporary files removed, finished parts kept for a rerun."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _add_synth(sub) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 
 import av
 
+from spatialdreamer.video.colour import Colour, colour_of_frame, standard_colour
 from spatialdreamer.video.decode import DecodeStats, decode_tolerant
 from spatialdreamer.video.errors import VideoError
 from spatialdreamer.video.streams import display_size, is_still_image, main_video_stream, tail_end_times
@@ -25,7 +26,9 @@ class VideoInfo:
     main video stream's, not the container's (audio may outlast the video): ``frame_count``
     comes from the stream header when it has one (``frame_count_exact``), else duration x fps.
     ``stream_index`` is the main video stream (cover art and secondary streams are skipped).
-    ``is_image`` is true for a still image, whatever its file name says.
+    ``is_image`` is true for a still image, whatever its file name says. ``colour`` is the
+    source's matrix, range, primaries and transfer (untagged parts as players assume them),
+    ``bit_depth`` the bits per sample of its pixel format (10 for ``yuv420p10le``).
     """
 
     path: str
@@ -47,6 +50,8 @@ class VideoInfo:
     stream_index: int = 0
     frame_count_exact: bool = False
     is_image: bool = False
+    colour: Colour = field(default_factory=Colour)
+    bit_depth: int = 8
 
     @property
     def anamorphic(self) -> bool:
@@ -95,6 +100,7 @@ def probe_video(path: str | os.PathLike, decode_check: bool = True) -> VideoInfo
         sar = Fraction(sar) if sar and sar > 0 else Fraction(1)
         rotation = 0
         coded_width, coded_height = stream.codec_context.width, stream.codec_context.height
+        first = None
         if decode_check:
             first = _first_frame(container, stream, path)
             rotation = int(first.rotation or 0) % 360
@@ -104,6 +110,11 @@ def probe_video(path: str | os.PathLike, decode_check: bool = True) -> VideoInfo
         width, height = display_size(coded_width, coded_height, sar)
         if rotation in (90, 270):
             width, height = height, width
+        colour = (
+            colour_of_frame(first, width, height) if first is not None else standard_colour(width, height)
+        )
+        pixel_format = first.format if first is not None else stream.codec_context.format
+        bit_depth = max((c.bits for c in pixel_format.components), default=8) if pixel_format else 8
         exact = bool(stream.frames) and not image
         if image:
             frame_count, duration = 1, 1.0 / fps
@@ -131,6 +142,8 @@ def probe_video(path: str | os.PathLike, decode_check: bool = True) -> VideoInfo
             stream_index=stream.index,
             frame_count_exact=exact,
             is_image=image,
+            colour=colour,
+            bit_depth=bit_depth,
         )
 
 

@@ -15,7 +15,9 @@ import av
 import numpy as np
 import torch
 from av.stream import Discard
+from av.video.reformatter import Interpolation
 
+from spatialdreamer.video.colour import colour_of_frame, sws_colorspace, sws_range
 from spatialdreamer.video.decode import DecodeStats, decode_tolerant
 from spatialdreamer.video.errors import VideoError
 from spatialdreamer.video.probe import VideoInfo, probe_video
@@ -23,6 +25,13 @@ from spatialdreamer.video.probe import VideoInfo, probe_video
 __all__ = ["DecodeStats", "FrameChunk", "read_frames", "stream_frames"]
 
 log = logging.getLogger(__name__)
+
+# YUV -> RGB with the source's own matrix and range (see spatialdreamer.video.colour), chroma
+# interpolated per pixel and rounded to nearest: swscale's default path is up to 3 levels off
+# on saturated colours and darkens every decode/encode round trip (decord uses that default)
+_ACCURATE = Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
+_EXACT = Interpolation.BILINEAR | _ACCURATE
+_BICUBIC = Interpolation.BICUBIC | _ACCURATE
 
 
 @dataclass
@@ -183,13 +192,17 @@ class _Decode:
 
     def _pixels(self, frame) -> np.ndarray:
         size = (frame.width, frame.height)
+        colour = colour_of_frame(frame, self.info.width, self.info.height)
+        matrix = {"src_colorspace": sws_colorspace(colour.matrix), "src_color_range": sws_range(colour)}
         if size == self.size:
-            array = frame.to_ndarray(format="rgb24")
+            array = frame.to_ndarray(format="rgb24", interpolation=_EXACT, **matrix)
         else:
             if self.coded != (0, 0) and size != self.coded:
                 self.stats.rescaled += 1
             width, height = self.size
-            array = frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="BICUBIC")
+            array = frame.to_ndarray(
+                format="rgb24", width=width, height=height, interpolation=_BICUBIC, **matrix
+            )
         return _upright(array, self.info.rotation)
 
     def run(self) -> Iterator[FrameChunk]:
@@ -273,7 +286,11 @@ def _stream_decord(path, chunk_size, start, end, info) -> Iterator[FrameChunk]:
 def read_frames(
     path: str | os.PathLike, indices: Sequence[int], info: VideoInfo | None = None, backend: str = "auto"
 ) -> torch.Tensor:
-    """Random access: frames at ``indices`` as ``[N,3,H,W]`` uint8 (decord; PyAV fallback)."""
+    """Random access: frames at ``indices`` as ``[N,3,H,W]`` uint8.
+
+    ``backend="decord"`` is faster on long seeks but converts YUV -> RGB with FFmpeg's default
+    rounding and BT.601, a few levels off :func:`stream_frames`' pixels; "auto" and "pyav"
+    give exactly those."""
     path = os.fspath(path)
     info = info or probe_video(path)
     indices = [int(i) for i in indices]
@@ -281,20 +298,14 @@ def read_frames(
         raise ValueError("indices is empty")
     if min(indices) < 0:
         raise ValueError(f"frame indices must be >= 0, got {min(indices)}")
-    # decord reads the stream FFmpeg calls best and ignores the sample aspect ratio: PyAV
-    # decodes what streaming decodes whenever that may differ
-    plain = not info.anamorphic and not info.is_image
-    if _has_decord() and (backend == "decord" or (backend == "auto" and plain)):
-        try:
-            reader = _decord_reader(path)
-            if max(indices) >= len(reader):
-                raise IndexError(f"frame {max(indices)} requested, video has {len(reader)} frames")
-            batch = _decord_upright(reader.get_batch(indices).asnumpy(), info)
-            return torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()
-        except VideoError:
-            if backend == "decord":
-                raise
-            log.warning("decord failed on %s; falling back to PyAV", path)
+    # decord reads the stream FFmpeg calls best, ignores the sample aspect ratio and converts
+    # to RGB with FFmpeg's default rounding and BT.601: only when asked for
+    if _has_decord() and backend == "decord":
+        reader = _decord_reader(path)
+        if max(indices) >= len(reader):
+            raise IndexError(f"frame {max(indices)} requested, video has {len(reader)} frames")
+        batch = _decord_upright(reader.get_batch(indices).asnumpy(), info)
+        return torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()
     wanted = sorted(set(indices))
     found: dict[int, np.ndarray] = {}
     position = 0

@@ -1,13 +1,16 @@
-"""Video encoding: visually lossless H.264/H.265 with the source's audio, and a lossless
-FFV1 path for depth and masks.
+"""Video encoding: visually lossless H.264/H.265/VP9 with the source's audio, correct
+colour tags, and a lossless FFV1 path for depth and masks.
 
 Everything is written under a temporary name in the destination folder and renamed only when
-complete, so an interrupted or failed job never leaves a partial file behind.
+complete, so an interrupted or failed job never leaves a partial file behind. RGB becomes YUV
+with the matrix of :class:`~spatialdreamer.video.colour.Colour` (BT.709 for HD, BT.601 for SD
+unless the source says otherwise), and the file is tagged with it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import heapq
 import logging
 import os
@@ -17,19 +20,111 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
+from av.video.reformatter import Interpolation
 
+from spatialdreamer.video.colour import Colour, standard_colour, sws_colorspace, sws_range
 from spatialdreamer.video.errors import VideoError
+from spatialdreamer.video.streams import main_video_stream
 
-__all__ = ["VideoWriter", "read_lossless", "write_lossless"]
+__all__ = [
+    "CONTAINER_CODECS",
+    "finish_with_audio",
+    "leftover_temporaries",
+    "VideoWriter",
+    "check_output",
+    "default_codec",
+    "fit_file_name",
+    "read_lossless",
+    "sibling_path",
+    "write_lossless",
+]
 
 log = logging.getLogger(__name__)
 
-_CODECS = {"h264": "libx264", "h265": "libx265", "hevc": "libx265", "ffv1": "ffv1"}
+_CODECS = {
+    "h264": "libx264",
+    "h265": "libx265",
+    "hevc": "libx265",
+    "vp9": "libvpx-vp9",
+    "mpeg4": "mpeg4",
+    "ffv1": "ffv1",
+}
+_ALL = frozenset(_CODECS)
+#: output suffix -> the codecs its container holds
+CONTAINER_CODECS = {
+    ".mp4": frozenset({"h264", "h265", "hevc", "vp9", "mpeg4"}),
+    ".mkv": _ALL,
+    ".mov": frozenset({"h264", "h265", "hevc", "mpeg4"}),
+    ".webm": frozenset({"vp9"}),
+    ".avi": frozenset({"h264", "mpeg4", "ffv1"}),
+}
 _VFR_TIME_BASE = Fraction(1, 90000)
+# MPEG-4 Part 2 caps the clock at 65535 ticks/s; 60000 still times 23.976-60 fps exactly
+_VFR_TIME_BASES = {"mpeg4": Fraction(1, 60000)}
+# longest file name most file systems take, in bytes
+_NAME_MAX = 255
+_QUALITY_CODECS = ("h264", "h265", "hevc")
+
+
+def default_codec(suffix: str) -> str:
+    """The codec a bare output suffix implies: VP9 for WebM, MPEG-4 Part 2 for AVI, else H.264."""
+    return {".webm": "vp9", ".avi": "mpeg4"}.get(suffix.lower(), "h264")
+
+
+def check_output(path: str | os.PathLike, codec: str, pix_fmt: str | None = None) -> None:
+    """Raise ``ValueError`` (one line) if ``path``'s container cannot hold ``codec``, the
+    encoder is missing from this FFmpeg, or it cannot encode ``pix_fmt``."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in CONTAINER_CODECS:
+        known = "/".join(CONTAINER_CODECS)
+        raise ValueError(f"output {Path(path).name}: unknown video container {suffix!r}; use {known}")
+    if codec not in _CODECS:
+        raise ValueError(f"codec must be one of {', '.join(sorted(_CODECS))}, got {codec!r}")
+    if codec not in CONTAINER_CODECS[suffix]:
+        fits = ", ".join(sorted(CONTAINER_CODECS[suffix] - {"hevc"}))
+        raise ValueError(f"a {suffix} file cannot hold {codec} video; use --codec {fits} or another suffix")
+    encoder = _CODECS[codec]
+    if encoder not in av.codecs_available:
+        raise ValueError(f"this FFmpeg build has no {encoder} encoder for {codec}; choose another codec")
+    if pix_fmt is not None:
+        formats = [f.name for f in av.codec.Codec(encoder, "w").video_formats or []]
+        if formats and pix_fmt not in formats:
+            raise ValueError(f"{codec} cannot encode {pix_fmt}; it takes {', '.join(formats)}")
+
+
+def sibling_path(path: str | os.PathLike, label: str) -> Path:
+    """A hidden name next to ``path`` for its temporary files (``.<name>.<label>``), kept
+    within the file-name length limit: long names are cut (on a UTF-8 character boundary) and
+    keep a hash of the whole name, so two long names never share a temporary file."""
+    path = Path(path)
+    name = f".{path.stem}.{label}{path.suffix}"
+    if len(name.encode()) <= _NAME_MAX:
+        return path.with_name(name)
+    digest = hashlib.sha1(path.name.encode()).hexdigest()[:12]
+    room = _NAME_MAX - len(f".~{digest}.{label}{path.suffix}".encode())
+    stem = path.stem.encode()[:room].decode("utf-8", errors="ignore")
+    return path.with_name(f".{stem}~{digest}.{label}{path.suffix}")
+
+
+def fit_file_name(stem: str, tail: str) -> str:
+    """``stem + tail`` within the file-name length limit (255 bytes): a long stem is cut on a
+    UTF-8 character boundary and ends with ``~`` and a hash of the whole stem, so two long
+    names that share their beginning still differ.
+
+    Example:
+        >>> len(fit_file_name("é" * 120, "_LRF_Full_SBS.mp4").encode()) <= 255
+        True
+    """
+    name = f"{stem}{tail}"
+    if len(name.encode()) <= _NAME_MAX:
+        return name
+    digest = hashlib.sha1(stem.encode()).hexdigest()[:8]
+    room = _NAME_MAX - len(f"~{digest}{tail}".encode())
+    return f"{stem.encode()[:room].decode('utf-8', errors='ignore')}~{digest}{tail}"
 
 
 def _temp_path(path: Path) -> Path:
-    return path.with_name(f".{path.stem}.partial{path.suffix}")
+    return sibling_path(path, "partial")
 
 
 def _as_uint8_rgb(frames: torch.Tensor) -> np.ndarray:
@@ -40,14 +135,36 @@ def _as_uint8_rgb(frames: torch.Tensor) -> np.ndarray:
     return frames.permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
+def _encoder_options(codec: str, crf: int, preset: str, verbose: bool) -> dict[str, str]:
+    """Constant-quality settings per encoder; encoder chatter only with ``-v``."""
+    if codec == "h264":
+        return {"crf": str(crf), "preset": preset}
+    if codec in ("h265", "hevc"):
+        # without B-pyramid: x265's decode times for a 2-frame clip are ones FFmpeg's MP4
+        # muxer refuses ("pts/dts pair unsupported"); a little less compression
+        level = "info" if verbose else "error"
+        return {"crf": str(crf), "preset": preset, "x265-params": f"log-level={level}:b-pyramid=0"}
+    fast = preset in ("ultrafast", "superfast", "veryfast", "faster", "fast")
+    if codec == "vp9":
+        speed = {"deadline": "realtime", "cpu-used": "8"} if fast else {"deadline": "good", "cpu-used": "2"}
+        return {"crf": str(crf + 14), "b": "0", "row-mt": "1", **speed}
+    if codec == "mpeg4":
+        return {"qmin": "1", "qmax": "3"}
+    return {}
+
+
 class VideoWriter:
     """Encode frames chunk by chunk; call :meth:`close` (or use ``with``) to finish.
 
     Args:
-        path: output file (``.mp4``, ``.mkv``, ``.mov``).
+        path: output file; its suffix picks the container (see :data:`CONTAINER_CODECS`).
         fps: nominal frame rate.
-        codec: "h264", "h265" or "ffv1" (lossless).
-        crf: quality for H.264/H.265; 16-18 is visually lossless.
+        codec: "h264", "h265", "vp9", "mpeg4" or "ffv1" (lossless RGB).
+        crf: quality for H.264/H.265 (16-18 is visually lossless); VP9 gets the equivalent.
+        pix_fmt: ``yuv420p`` (default), ``yuv420p10le`` (10 bits), ``yuv444p`` (no chroma
+            subsampling), ... whatever the encoder takes.
+        colour: the RGB->YUV matrix, range and the tags written; default: BT.709 for HD frames,
+            BT.601 for SD (:func:`~spatialdreamer.video.colour.standard_colour` of the frame size).
         audio_from: a video whose first audio stream is copied into the output.
         audio_range: ``(start, end)`` seconds of that audio to keep (``end`` may be None).
 
@@ -64,6 +181,8 @@ class VideoWriter:
         codec: str = "h264",
         crf: int = 17,
         preset: str = "medium",
+        pix_fmt: str | None = None,
+        colour: Colour | None = None,
         audio_from: str | os.PathLike | None = None,
         audio_range: tuple[float, float | None] = (0.0, None),
     ) -> None:
@@ -72,18 +191,22 @@ class VideoWriter:
         if codec not in _CODECS:
             raise ValueError(f"codec must be one of {sorted(_CODECS)}, got {codec!r}")
         self.path = Path(path)
+        self.pix_fmt = pix_fmt or ("bgr0" if codec == "ffv1" else "yuv420p")
+        check_output(self.path, codec, self.pix_fmt)
         self.fps = float(fps)
         self.codec = codec
         self.crf = int(crf)
         self.preset = preset
+        self.colour = colour
         self.audio_from = os.fspath(audio_from) if audio_from is not None else None
         self.audio_range = audio_range
         self.frames_written = 0
-        self._tmp_video = self.path.with_name(f".{self.path.stem}.video-only{self.path.suffix}")
+        self._tmp_video = sibling_path(self.path, "video-only")
         self._container = None
         self._stream = None
         self._size: tuple[int, int] | None = None
         self._vfr = False
+        self._yuv = self.pix_fmt.startswith("yuv")
 
     def __enter__(self) -> VideoWriter:
         return self
@@ -96,19 +219,43 @@ class VideoWriter:
 
     def _open(self, height: int, width: int, variable_rate: bool) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        verbose = log.isEnabledFor(logging.INFO)
         self._container = av.open(str(self._tmp_video), mode="w")
         rate = Fraction(self.fps).limit_denominator(1001 * 1000)
         stream = self._container.add_stream(_CODECS[self.codec], rate=rate)
-        even = self.codec != "ffv1"
-        stream.width = width + (width % 2 if even else 0)
-        stream.height = height + (height % 2 if even else 0)
-        stream.pix_fmt = "yuv420p" if even else "bgr0"
-        if self.codec in ("h264", "h265", "hevc"):
-            stream.options = {"crf": str(self.crf), "preset": self.preset}
+        subsampled = self.pix_fmt.startswith(("yuv420", "yuvj420", "yuv422", "yuvj422"))
+        stream.width = width + (width % 2 if subsampled else 0)
+        stream.height = height + (height % 2 if subsampled and "420" in self.pix_fmt else 0)
+        stream.pix_fmt = self.pix_fmt
+        stream.options = _encoder_options(self.codec, self.crf, self.preset, verbose)
+        if self.codec in ("h265", "hevc") and self.path.suffix.lower() in (".mp4", ".mov"):
+            stream.codec_tag = "hvc1"  # Apple players (Vision Pro included) refuse hev1
+        if self._yuv:
+            if self.colour is None:
+                self.colour = standard_colour(width, height)
+            ctx = stream.codec_context
+            ctx.colorspace, ctx.color_primaries = self.colour.matrix, self.colour.primaries
+            ctx.color_trc, ctx.color_range = self.colour.transfer, int(sws_range(self.colour))
         self._vfr = variable_rate
-        stream.codec_context.time_base = _VFR_TIME_BASE if variable_rate else 1 / rate
+        self._vfr_time_base = _VFR_TIME_BASES.get(self.codec, _VFR_TIME_BASE)
+        stream.codec_context.time_base = self._vfr_time_base if variable_rate else 1 / rate
         self._stream = stream
         self._size = (height, width)
+
+    def _yuv_frame(self, rgb: np.ndarray) -> av.VideoFrame:
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        if not self._yuv:
+            return frame
+        colour = self.colour
+        frame = frame.reformat(
+            format=self.pix_fmt,
+            dst_colorspace=sws_colorspace(colour.matrix),
+            dst_color_range=sws_range(colour),
+            interpolation=Interpolation.BILINEAR | Interpolation.ACCURATE_RND,
+        )
+        frame.colorspace, frame.color_range = colour.matrix, int(sws_range(colour))
+        frame.color_primaries, frame.color_trc = colour.primaries, colour.transfer
+        return frame
 
     def write(self, frames: torch.Tensor, timestamps: torch.Tensor | None = None) -> None:
         """Append ``frames`` ``[T,3,H,W]``; ``timestamps`` ``[T]`` seconds keep a variable rate."""
@@ -125,11 +272,11 @@ class VideoWriter:
         if pad_h or pad_w:
             pixels = np.pad(pixels, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
         for i in range(t):
-            frame = av.VideoFrame.from_ndarray(pixels[i], format="rgb24")
+            frame = self._yuv_frame(pixels[i])
             if self._vfr:
                 if timestamps is None:
                     raise ValueError("this writer was started with timestamps; pass them for every chunk")
-                frame.pts = round(float(timestamps[i]) / _VFR_TIME_BASE)
+                frame.pts = round(float(timestamps[i]) / self._vfr_time_base)
             else:
                 frame.pts = self.frames_written + i
             frame.time_base = stream.codec_context.time_base
@@ -154,16 +301,33 @@ class VideoWriter:
             self._container.mux(self._stream.encode(None))
             self._container.close()
             self._container = None
-            source = self._tmp_video
-            if self.audio_from is not None and _has_audio(self.audio_from):
-                source = _temp_path(self.path)
-                _mux_with_audio(self._tmp_video, self.audio_from, source, self.audio_range)
-                self._tmp_video.unlink(missing_ok=True)
-            os.replace(source, self.path)
+            finish_with_audio(self._tmp_video, self.path, self.audio_from, self.audio_range)
         except BaseException:
             self.abort()
             raise
         return self.path
+
+
+def leftover_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Temporary files a killed writer of ``path`` may have left (SIGKILL runs no cleanup)."""
+    return [p for p in (sibling_path(path, "video-only"), _temp_path(Path(path))) if p.exists()]
+
+
+def finish_with_audio(video_only: Path, path: Path, audio_from: str | None, audio_range=(0.0, None)) -> Path:
+    """Add ``audio_from``'s audio (if any) to the finished ``video_only`` file and move the
+    result to ``path`` atomically; ``video_only`` is consumed."""
+    source = video_only
+    try:
+        if audio_from is not None and _has_audio(audio_from):
+            source = _temp_path(path)
+            _mux_with_audio(video_only, audio_from, source, audio_range)
+            video_only.unlink(missing_ok=True)
+        os.replace(source, path)
+    except BaseException:
+        for tmp in (video_only, _temp_path(path)):
+            tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def _has_audio(path: str) -> bool:
@@ -215,15 +379,26 @@ def _encoded_audio(ain, a_in, a_out, lo: float, hi: float | None):
         yield float(packet.pts * packet.time_base), 1, packet
 
 
+def _video_origin(container, audio) -> float:
+    """Where the source's time 0 is (the main video stream's start, on which the frames'
+    timestamps are based), so audio that starts later than the picture stays in sync."""
+    video, _ = main_video_stream(container)
+    stream = video if video is not None and video.start_time is not None else audio
+    return float(stream.start_time * stream.time_base) if stream.start_time else 0.0
+
+
 def _remux(video_path: Path, audio_path: str, out_path: Path, audio_range, transcode: bool) -> None:
     start, end = audio_range
     with av.open(str(video_path)) as vin, av.open(audio_path) as ain, av.open(str(out_path), mode="w") as out:
         a_in = ain.streams.audio[0]
-        a0 = float(a_in.start_time * a_in.time_base) if a_in.start_time else 0.0
-        lo, hi = a0 + (start or 0.0), (a0 + end) if end is not None else None
+        t0 = _video_origin(ain, a_in)
+        lo, hi = t0 + (start or 0.0), (t0 + end) if end is not None else None
         v_out = out.add_stream_from_template(vin.streams.video[0])
         if transcode:
-            a_out = out.add_stream("aac", rate=a_in.codec_context.sample_rate or 48000)
+            codec = "libopus" if out_path.suffix.lower() == ".webm" else "aac"
+            a_out = out.add_stream(
+                codec, rate=48000 if codec == "libopus" else a_in.codec_context.sample_rate or 48000
+            )
             channels = a_in.codec_context.channels or 2
             a_out.layout = {1: "mono", 2: "stereo", 6: "5.1", 8: "7.1"}.get(channels, "stereo")
         else:
@@ -237,12 +412,12 @@ def _remux(video_path: Path, audio_path: str, out_path: Path, audio_range, trans
 
 
 def _mux_with_audio(video_path: Path, audio_path: str, out_path: Path, audio_range) -> None:
-    """Copy the source audio next to the encoded video; re-encode it to AAC only if the
-    output container cannot hold its codec (e.g. PCM in MP4)."""
+    """Copy the source audio next to the encoded video; re-encode it (AAC, Opus for WebM)
+    only if the output container cannot hold its codec (e.g. PCM in MP4)."""
     try:
         _remux(video_path, audio_path, out_path, audio_range, transcode=False)
     except (av.error.FFmpegError, ValueError) as exc:
-        log.info("audio cannot be copied into %s (%s); re-encoding it to AAC", out_path.name, exc)
+        log.info("audio cannot be copied into %s (%s); re-encoding it", out_path.name, exc)
         out_path.unlink(missing_ok=True)
         _remux(video_path, audio_path, out_path, audio_range, transcode=True)
 
