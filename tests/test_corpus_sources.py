@@ -24,6 +24,7 @@ from test_video_real_world import (
 
 from pipelines.build_dataset import build, load_config
 from spatialdreamer.corpus import LIST_STAGE, find_sources, list_sources, split_video
+from spatialdreamer.corpus.segments import read_segment_record
 from spatialdreamer.data import load_manifest
 from spatialdreamer.data.ids import video_id
 
@@ -109,7 +110,7 @@ def tiny():
 def _split(path: Path, root: Path, config) -> tuple[list[dict], dict, list[dict]]:
     row = {"path": str(path), "video_id": video_id(str(path)), "source": "t", "license": "", "tags": []}
     clips = list(split_video(row, str(root), config))
-    record = json.loads((root / "_videos" / f"{row['video_id']}.json").read_text())
+    record = read_segment_record(str(root), row["video_id"], 0)  # a short video is one segment
     failures = [json.loads(p.read_text()) for p in (root / "_failures").rglob("*.json")]
     return clips, record, failures
 
