@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from spatialdreamer.choices import CODECS, PIX_FMTS
 from spatialdreamer.depth import DEFAULT_DEPTH_MODEL, TemporalNormalizer, load_depth_estimator
 from spatialdreamer.resume import PartsFolder, SegmentedVideoWriter, restore_state, snapshot_state
 from spatialdreamer.runtime import run_overlapped
@@ -65,10 +66,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = tuple(CONTAINER_CODECS)
-#: video codecs ``convert`` offers; "auto" = what the output suffix implies (H.264 for MP4/MKV/MOV)
-CODECS = ("auto", "h264", "h265", "vp9", "mpeg4")
-#: output pixel formats; "auto" = 10 bits for a source of more than 8 bits, else yuv420p
-PIX_FMTS = ("auto", "yuv420p", "yuv420p10le", "yuv444p", "yuv444p10le")
+# CODECS: "auto" = what the output suffix implies (H.264 for MP4/MKV/MOV);
+# PIX_FMTS: "auto" = 10 bits for a source of more than 8 bits, else yuv420p
 # suffixes of media files convert cannot write: refused rather than taken for a folder name
 _OTHER_MEDIA = (
     ".flv",

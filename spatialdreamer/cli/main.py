@@ -39,14 +39,8 @@ def _interactive() -> bool:
     return sys.stderr.isatty()
 
 
-# the same as spatialdreamer.convert.CODECS and PIX_FMTS, here so that --help needs no torch
-_CODECS = ("auto", "h264", "h265", "vp9", "mpeg4")
-_PIX_FMTS = ("auto", "yuv420p", "yuv420p10le", "yuv444p", "yuv444p10le")
-
-
 def _add_convert(sub) -> None:
-    from spatialdreamer.depth import DEFAULT_DEPTH_MODEL  # not from convert: --help in 1.5 s, not 8 s
-    from spatialdreamer.stereo import FORMATS
+    from spatialdreamer.choices import CODECS, DEFAULT_DEPTH_MODEL, EYES, FORMATS, PIX_FMTS
 
     p = sub.add_parser(
         "convert",
@@ -112,7 +106,7 @@ def _add_convert(sub) -> None:
     )
     p.add_argument(
         "--eye",
-        choices=("both", "right", "left"),
+        choices=EYES,
         default=None,
         help="which eyes are synthesized: both (half the disparity each; the default) or one, the "
         "source being the other (the default with --refiner is right)",
@@ -147,13 +141,13 @@ def _add_convert(sub) -> None:
     p.add_argument("--end", type=float, default=None, help="end time in seconds")
     p.add_argument(
         "--codec",
-        choices=_CODECS,
+        choices=CODECS,
         default="auto",
         help="video codec (default auto: vp9 for .webm, mpeg4 for .avi, else h264)",
     )
     p.add_argument(
         "--pix-fmt",
-        choices=_PIX_FMTS,
+        choices=PIX_FMTS,
         default="auto",
         help="pixel format (default auto: 10 bits for a 10-bit source, else yuv420p)",
     )

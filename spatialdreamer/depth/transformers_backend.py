@@ -22,6 +22,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from spatialdreamer.choices import DEFAULT_DEPTH_MODEL
 from spatialdreamer.depth.base import DepthEstimator, DepthModelError, resolve_device
 from spatialdreamer.dvg.disparity import inverse_depth_from_metric
 
@@ -35,7 +36,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DEPTH_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"
 
 Polarity = Literal["inverse", "metric"]
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from spatialdreamer.choices import FORMATS
+
 __all__ = ["FORMATS", "compose", "anaglyph_dubois", "layout_tag", "output_size"]
 
-FORMATS = ("full-sbs", "half-sbs", "full-tb", "half-tb", "anaglyph")
 
 # Tags understood by common players (DeoVR, Skybox, Pigasus, Heresphere, iw3 naming).
 _TAGS = {

@@ -23,14 +23,13 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from spatialdreamer.choices import EYES
 from spatialdreamer.dvg import forward_warp
 from spatialdreamer.dvg.disparity import dilate_foreground
 from spatialdreamer.dvg.warp import WarpResult
 from spatialdreamer.stereo.fill import fill_holes
 
 __all__ = ["EYES", "RefinedEye", "StereoRenderer", "warp_with_borders"]
-
-EYES = ("both", "right", "left")
 
 
 def warp_with_borders(
