@@ -5,11 +5,16 @@ video of each size and length with an audio track, converts each in a fresh chil
 (``spatialdreamer.convert.convert_video``, the CLI's path) and prints frames/s, the child's
 CPU seconds per frame, its peak RSS and the busy time of each stage per frame (the stages run
 overlapped, so the slowest one bounds the frame rate). Each child first loads the compiled
-kernels (a one-time cost per process, printed; not in frames/s). ``--loads 0 1`` repeats every run with
-one busy process spinning on a core beside it. ``--baseline DIR`` converts the same videos
-with another checkout's code (``DIR`` on ``PYTHONPATH``, OpenMP left at its defaults, as
-before the thread policy existed) for a before/after comparison in the same run. With two
-lengths, streaming should keep memory flat: the longer video's peak within 1.3x the shorter's.
+kernels (a one-time cost per process, printed; not in frames/s). ``--loads 0 1`` repeats every
+run with one busy process spinning on a core beside it. ``--baseline DIR`` converts the same
+videos with another checkout's code (``DIR`` on ``PYTHONPATH``, with that code's own thread
+policy) for a before/after comparison in the same run. With two lengths, streaming should keep
+memory flat: the longer video's peak within 1.3x the shorter's.
+
+The per-stage profile (on by default, ``--no-profile`` skips it) runs the same steps one after
+another in a fresh child and prints each step's CPU milliseconds per frame (all of the
+process's threads). CPU time hardly moves with the machine's load, where the overlapped busy
+times do: this is the table to compare code by, and its total over the cores bounds frames/s.
 
     python benchmarks/convert.py [--sizes 1280x720 1920x1080] [--seconds 10] [--loads 0 1]
 """
@@ -31,7 +36,10 @@ from pathlib import Path
 import torch
 
 STAGES = ("decode", "cuts", "depth", "warp", "fill", "compose", "encode")
-BUSY_LOOP = "while True:\n    pass\n"
+# the serial profile splits "depth" into the model, the shot normalisation and the disparity map
+STEPS = ("decode", "cuts", "to float", "depth", "normalise", "disparity", "warp", "fill", "compose", "encode")
+# a core's worth of competing load, which ends with the benchmark even when that is killed
+BUSY_LOOP = "import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n    pass\n"
 
 
 def _child(source: str, output: str, depth_model: str, fmt: str) -> dict:
@@ -62,6 +70,69 @@ def _child(source: str, output: str, depth_model: str, fmt: str) -> dict:
         "stages": getattr(report, "stage_seconds", {}),
         "threads": torch.get_num_threads(),
     }
+
+
+def _profile_child(source: str, output: str, depth_model: str, fmt: str) -> dict:
+    """CPU seconds of each step of a conversion, run one after another (as ``convert_video``
+    does them, with its default options)."""
+    from spatialdreamer.convert import ConvertOptions
+    from spatialdreamer.depth import TemporalNormalizer, load_depth_estimator
+    from spatialdreamer.dvg import disparity_from_normalized, forward_warp
+    from spatialdreamer.stereo import compose, fill_holes
+    from spatialdreamer.video import VideoWriter, stream_frames
+    from spatialdreamer.video.shots import CutDetector
+
+    options = ConvertOptions(depth_model=depth_model, format=fmt)
+    tiny = forward_warp(torch.rand(1, 3, 8, 32), torch.full((1, 1, 8, 32), 3.0))
+    fill_holes(tiny.image, tiny.holes, tiny.disparity)  # compiled kernels loaded outside the timing
+    estimator = load_depth_estimator(depth_model, device="cpu")
+    normalizer, cuts = TemporalNormalizer(), CutDetector()
+    cpu = dict.fromkeys(STEPS, 0.0)
+
+    def step(name, fn, *args):
+        began = time.process_time()
+        result = fn(*args)
+        cpu[name] += time.process_time() - began
+        return result
+
+    frames = 0
+    chunks = stream_frames(source, options.chunk_size)
+    writer = VideoWriter(output, 24.0, codec=options.codec, crf=options.crf, preset=options.preset)
+    while (chunk := step("decode", next, chunks, None)) is not None:
+        if step("cuts", cuts, chunk.frames)[0]:
+            estimator.reset()
+            normalizer.reset()
+        image = step("to float", lambda c=chunk: c.frames.float().div_(255.0))
+        inverse = step("depth", estimator, image)
+        normalized = step("normalise", normalizer, inverse)
+        disparity = step(
+            "disparity",
+            disparity_from_normalized,
+            normalized,
+            image.shape[-1],
+            options.budget,
+            options.convergence,
+        )
+        warped = step("warp", forward_warp, image, disparity)
+        right = step(
+            "fill", lambda w=warped: fill_holes(w.image, w.holes, w.disparity, inpaint=options.inpaint)
+        )
+        packed = step("compose", _pack, compose, chunk.frames, right, fmt)
+        step("encode", writer.write, packed)
+        frames += len(chunk.frames)
+    step("encode", writer.close)  # the encoder's buffered frames
+    return {"frames": frames, "cpu": cpu, "threads": torch.get_num_threads()}
+
+
+def _pack(compose, left: torch.Tensor, right: torch.Tensor, fmt: str) -> torch.Tensor:
+    """The output frame as ``convert_video`` packs it (full layouts take the decoded left eye)."""
+
+    def to_uint8(x):
+        return x.clamp(0.0, 1.0).mul_(255.0).add_(0.5).to(torch.uint8)
+
+    if fmt in ("full-sbs", "full-tb"):
+        return compose(left, to_uint8(right), fmt)
+    return to_uint8(compose(left.float().div_(255.0), right, fmt))
 
 
 def _looped_video(folder: Path, seconds: float, width: int, height: int, fps: float) -> Path:
@@ -102,6 +173,26 @@ def _print_row(r: dict) -> None:
     print(line, flush=True)
 
 
+def _print_profiles(profiles: list[dict]) -> None:
+    cores = os.cpu_count() or 1
+    head = " ".join(f"{s:>9}" for s in STEPS)
+    print(
+        f"\nserial profile, CPU ms/frame\n{'size':>9} {'load':>4} {'code':>13} {head}     total", flush=True
+    )
+    for r in profiles:
+        per_frame = [1000 * r["cpu"][s] / max(1, r["frames"]) for s in STEPS]
+        total = sum(per_frame)
+        line = f"{r['size']:>9} {r['busy']:>4} {r['code']:>13} " + " ".join(f"{v:>9.1f}" for v in per_frame)
+        print(f"{line} {total:>9.1f}  (all {cores} cores busy: {1000 * cores / total:.1f} frames/s at most)")
+    for size in dict.fromkeys(r["size"] for r in profiles):
+        for code in dict.fromkeys(r["code"] for r in profiles):
+            mine = [r for r in profiles if (r["size"], r["code"]) == (size, code)]
+            totals = [sum(r["cpu"].values()) / r["frames"] for r in mine]
+            if len(totals) > 1:
+                ratio = max(totals) / min(totals)
+                print(f"{size} {code}: CPU per frame, most / least across loads: {ratio:.2f} (target <= 2)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -113,10 +204,15 @@ def main() -> None:
     parser.add_argument("--format", default="full-sbs")
     parser.add_argument("--loads", nargs="+", type=int, default=[0, 1], help="busy processes beside the run")
     parser.add_argument("--baseline", metavar="DIR", help="another checkout to convert with, for comparison")
+    parser.add_argument("--no-profile", action="store_true", help="skip the serial per-step CPU profile")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--child-profile", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(_child(*args.child)))
+        return
+    if args.child_profile:
+        print(json.dumps(_profile_child(*args.child_profile)))
         return
 
     load = os.getloadavg()
@@ -131,7 +227,7 @@ def main() -> None:
         end="",
     )
     print(f"   ms/frame per stage: {head}   kernel load s", flush=True)
-    rows = []
+    rows, profiles = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
             width, height = (int(v) for v in size.split("x"))
@@ -142,13 +238,18 @@ def main() -> None:
                         env = dict(os.environ)
                         if root is not None:
                             env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
-                            env["SPATIALDREAMER_THREAD_POLICY"] = "default"
                         output = str(Path(tmp) / f"out_{len(rows)}.mp4")
-                        cmd = [sys.executable, __file__, "--child", str(source), output]
-                        r = _run([*cmd, args.depth_model, args.format], env, busy)
-                        rows.append({"size": size, "seconds": seconds, "busy": busy, "code": code} | r)
+                        tail = [str(source), output, args.depth_model, args.format]
+                        r = _run([sys.executable, __file__, "--child", *tail], env, busy)
+                        key = {"size": size, "seconds": seconds, "busy": busy, "code": code}
+                        rows.append(key | r)
                         _print_row(rows[-1])
+                        if not args.no_profile and seconds == args.seconds[0]:
+                            p = _run([sys.executable, __file__, "--child-profile", *tail], env, busy)
+                            profiles.append(key | p)
                         Path(output).unlink(missing_ok=True)
+    if profiles:
+        _print_profiles(profiles)
     for size in args.sizes:
         for code in codes:
             mine = [r for r in rows if r["size"] == size and r["code"] == code]

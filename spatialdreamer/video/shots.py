@@ -10,6 +10,27 @@ import torch
 
 __all__ = ["CutDetector"]
 
+_THUMBNAIL = (96, 54)  # width, height: the size histograms are taken at
+
+
+def _thumbnails(frames: torch.Tensor) -> list[np.ndarray]:
+    """``[h,w,3]`` uint8 area-averaged thumbnails of ``[T,3,H,W]`` uint8 frames.
+
+    Two area steps: each channel plane by a whole factor k (OpenCV's fast path; the frame is
+    cropped by < k pixels to a multiple of k), then the small frame to the thumbnail. Every
+    pixel is averaged in, so fine patterns do not alias, at about a sixth of the cost of one
+    step at a fractional factor from a channel-last copy of the frame.
+    """
+    _, _, h, w = frames.shape
+    k = max(1, min(h // (2 * _THUMBNAIL[1]), w // (2 * _THUMBNAIL[0])))
+    pixels = frames[:, :, : h - h % k, : w - w % k].cpu().numpy()
+    size = (w // k, h // k)
+    thumbnails = []
+    for frame in pixels:
+        small = [cv2.resize(np.ascontiguousarray(p), size, interpolation=cv2.INTER_AREA) for p in frame]
+        thumbnails.append(cv2.resize(cv2.merge(small), _THUMBNAIL, interpolation=cv2.INTER_AREA))
+    return thumbnails
+
 
 class CutDetector:
     """Flags the first frame of each new shot from colour-histogram changes.
@@ -48,9 +69,8 @@ class CutDetector:
         self._history: deque[np.ndarray] = deque(maxlen=self.window + 1)
         self._since_cut = 0
 
-    def _histogram(self, frame: np.ndarray) -> np.ndarray:
-        small = cv2.resize(frame, (96, 54), interpolation=cv2.INTER_AREA)
-        hsv = cv2.cvtColor(small, cv2.COLOR_RGB2HSV)
+    def _histogram(self, thumbnail: np.ndarray) -> np.ndarray:
+        hsv = cv2.cvtColor(thumbnail, cv2.COLOR_RGB2HSV)
         hist = cv2.calcHist([hsv], [0, 1, 2], None, list(self.bins), [0, 180, 0, 256, 0, 256])
         return cv2.normalize(hist, hist).astype(np.float32)
 
@@ -62,8 +82,8 @@ class CutDetector:
         if frames.ndim != 4 or frames.shape[1] != 3 or frames.dtype != torch.uint8:
             raise ValueError(f"frames must be [T,3,H,W] uint8, got {tuple(frames.shape)} {frames.dtype}")
         flags = []
-        for frame in frames.permute(0, 2, 3, 1).cpu().numpy():
-            hist = self._histogram(np.ascontiguousarray(frame))
+        for thumbnail in _thumbnails(frames):
+            hist = self._histogram(thumbnail)
             if not self._history or self._distance(self._history[-1], hist) > self.threshold:
                 cut = True
             else:
