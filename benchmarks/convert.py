@@ -37,7 +37,20 @@ import torch
 
 STAGES = ("decode", "cuts", "depth", "warp", "fill", "compose", "encode")
 # the serial profile splits "depth" into the model, the shot normalisation and the disparity map
-STEPS = ("decode", "cuts", "to float", "depth", "normalise", "disparity", "warp", "fill", "compose", "encode")
+STEPS = (
+    "decode",
+    "cuts",
+    "to float",
+    "depth",
+    "normalise",
+    "plan",
+    "stabilise",
+    "dilate",
+    "warp",
+    "fill",
+    "compose",
+    "encode",
+)
 # a core's worth of competing load, which ends with the benchmark even when that is killed
 BUSY_LOOP = "import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n    pass\n"
 
@@ -74,19 +87,27 @@ def _child(source: str, output: str, depth_model: str, fmt: str) -> dict:
 
 def _profile_child(source: str, output: str, depth_model: str, fmt: str) -> dict:
     """CPU seconds of each step of a conversion, run one after another (as ``convert_video``
-    does them, with its default options)."""
+    does them, with its default options: both eyes, steady depth, edge dilation)."""
     from spatialdreamer.convert import ConvertOptions
     from spatialdreamer.depth import TemporalNormalizer, load_depth_estimator
-    from spatialdreamer.dvg import disparity_from_normalized, forward_warp
-    from spatialdreamer.stereo import compose, fill_holes
+    from spatialdreamer.dvg.disparity import dilate_foreground
+    from spatialdreamer.stereo import ComfortBound, ConvergencePlanner, DepthStabilizer, compose, fill_holes
+    from spatialdreamer.stereo.render import StereoRenderer, warp_with_borders
     from spatialdreamer.video import VideoWriter, stream_frames
     from spatialdreamer.video.shots import CutDetector
 
     options = ConvertOptions(depth_model=depth_model, format=fmt)
-    tiny = forward_warp(torch.rand(1, 3, 8, 32), torch.full((1, 1, 8, 32), 3.0))
-    fill_holes(tiny.image, tiny.holes, tiny.disparity)  # compiled kernels loaded outside the timing
+    renderer = StereoRenderer(options.eye, options.edge_dilation, options.inpaint)
+    renderer(torch.rand(1, 3, 8, 32), torch.full((1, 1, 8, 32), 3.0))  # compiled kernels loaded untimed
     estimator = load_depth_estimator(depth_model, device="cpu")
     normalizer, cuts = TemporalNormalizer(), CutDetector()
+    stabilizer = DepthStabilizer(options.smoothing)
+    planner = ConvergencePlanner(
+        options.budget,
+        float(options.convergence),
+        ComfortBound(*options.comfort),
+        lookahead=options.lookahead,
+    )
     cpu = dict.fromkeys(STEPS, 0.0)
 
     def step(name, fn, *args):
@@ -95,44 +116,49 @@ def _profile_child(source: str, output: str, depth_model: str, fmt: str) -> dict
         cpu[name] += time.process_time() - began
         return result
 
+    def render(image, disparity):
+        disparity = step("dilate", dilate_foreground, disparity, options.edge_dilation)
+        eyes = {}
+        for eye, share in renderer.shares().items():
+            warped = step("warp", warp_with_borders, image, disparity * share, eye)
+            eyes[eye] = step(
+                "fill",
+                lambda w=warped, e=eye: fill_holes(
+                    w.image, w.holes, w.disparity, background_side=e, inpaint=options.inpaint
+                ),
+            )
+        return eyes.get("left"), eyes.get("right")
+
     frames = 0
     chunks = stream_frames(source, options.chunk_size)
-    writer = VideoWriter(output, 24.0, codec=options.codec, crf=options.crf, preset=options.preset)
+    writer = VideoWriter(output, 24.0, codec="h264", crf=options.crf, preset=options.preset)
     while (chunk := step("decode", next, chunks, None)) is not None:
         if step("cuts", cuts, chunk.frames)[0]:
-            estimator.reset()
-            normalizer.reset()
+            for stage in (estimator, normalizer, stabilizer, planner):
+                stage.reset()
         image = step("to float", lambda c=chunk: c.frames.float().div_(255.0))
         inverse = step("depth", estimator, image)
         normalized = step("normalise", normalizer, inverse)
-        disparity = step(
-            "disparity",
-            disparity_from_normalized,
-            normalized,
-            image.shape[-1],
-            options.budget,
-            options.convergence,
-        )
-        warped = step("warp", forward_warp, image, disparity)
-        right = step(
-            "fill", lambda w=warped: fill_holes(w.image, w.holes, w.disparity, inpaint=options.inpaint)
-        )
-        packed = step("compose", _pack, compose, chunk.frames, right, fmt)
+        disparity = step("plan", planner, normalized)
+        disparity = step("stabilise", stabilizer, image, disparity)
+        left, right = render(image, disparity)
+        packed = step("compose", _pack, compose, chunk.frames, left, right, fmt)
         step("encode", writer.write, packed)
         frames += len(chunk.frames)
     step("encode", writer.close)  # the encoder's buffered frames
     return {"frames": frames, "cpu": cpu, "threads": torch.get_num_threads()}
 
 
-def _pack(compose, left: torch.Tensor, right: torch.Tensor, fmt: str) -> torch.Tensor:
-    """The output frame as ``convert_video`` packs it (full layouts take the decoded left eye)."""
+def _pack(compose, source: torch.Tensor, left, right, fmt: str) -> torch.Tensor:
+    """The output frame as ``convert_video`` packs it (``None``: the eye that is the source, as
+    decoded)."""
 
     def to_uint8(x):
         return x.clamp(0.0, 1.0).mul_(255.0).add_(0.5).to(torch.uint8)
 
     if fmt in ("full-sbs", "full-tb"):
-        return compose(left, to_uint8(right), fmt)
-    return to_uint8(compose(left.float().div_(255.0), right, fmt))
+        return compose(*[source if e is None else to_uint8(e) for e in (left, right)], fmt)
+    return to_uint8(compose(*[source.float().div_(255.0) if e is None else e for e in (left, right)], fmt))
 
 
 def _looped_video(folder: Path, seconds: float, width: int, height: int, fps: float) -> Path:

@@ -371,20 +371,20 @@ def convert_video(
         return result
 
     def depth_stage(chunk):
+        """Its busy time is counted by ``run_overlapped`` as "depth" (the cut detector's share
+        is taken out at the end)."""
         flags = timed("cuts", cuts, chunk.frames)
-        start = time.perf_counter()
-        frames = chunk.frames.to(device)
+        frames = chunk.frames.to(device).float().div_(255.0)
         disparity = None
         for a, b, is_cut in _segments(flags):
             if is_cut:
                 for stage in (estimator, normalizer, stabilizer, planner):
                     stage.reset()
-            part = _disparity(frames[a:b].float().div_(255.0), estimator, normalizer, stabilizer, planner)
+            part = _disparity(frames[a:b], estimator, normalizer, stabilizer, planner)
             if disparity is None:
                 disparity = part.new_empty((len(chunk), *part.shape[1:]))
             disparity[a:b] = part
-        timings["depth"] += time.perf_counter() - start
-        return chunk, disparity, flags
+        return chunk, frames, disparity, flags
 
     def pack(source: torch.Tensor, left: torch.Tensor | None, right: torch.Tensor | None) -> torch.Tensor:
         """Lay out one chunk; ``None`` is the eye that is the source (``uint8``, as decoded)."""
@@ -410,8 +410,7 @@ def convert_video(
         return torch.cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces])
 
     def render_stage(item):
-        chunk, disparity, flags = item
-        frames = chunk.frames.to(device).float().div_(255.0)
+        chunk, frames, disparity, flags = item
         if refiner is None:
             return chunk.timestamps, pack(chunk.frames, *renderer(frames, disparity))
         queue.add(chunk.frames, chunk.timestamps)
@@ -472,6 +471,7 @@ def convert_video(
             writer.abort()
         raise
     timings.pop("render")  # its parts: warp, fill, compose
+    timings["depth"] -= timings["cuts"]  # run_overlapped timed the whole depth stage
     timings.update(renderer.timings)
     if options.report is not None:
         planner.write_report(options.report, info.fps)

@@ -17,7 +17,7 @@ def test_refiner_converts_every_frame_with_audio_and_generates_the_holes(
 ):
     common = ["convert", str(video_with_audio), "--depth-model", "parallax", "--quiet", "--budget", "6"]
     classical, refined = tmp_path / "classical.mp4", tmp_path / "refined.mp4"
-    assert main([*common[:2], str(classical), *common[2:], "--no-inpaint"]) == 0
+    assert main([*common[:2], str(classical), *common[2:], "--no-inpaint", "--eye", "right"]) == 0
     args = [
         *common[:2],
         str(refined),

@@ -42,19 +42,29 @@ def warp_with_borders(
     Args and result as :func:`~spatialdreamer.dvg.forward_warp` (``[B,C,H,W]`` image,
     ``[B,1,H,W]`` disparity in pixels).
     """
+    wide_image, wide_disparity, pad = _mirror_borders(image, disparity)
+    if pad == 0:
+        return forward_warp(image, disparity, towards=towards)
+    wide = forward_warp(wide_image, wide_disparity, towards=towards)
+    w = image.shape[-1]
+    source_x = wide.source_x[..., pad : pad + w]
+    source_x = torch.where(source_x >= 0, (source_x - pad).clamp(0, w - 1), source_x)
+    return WarpResult(*_crop(wide, pad, w), source_x)
+
+
+def _mirror_borders(image: torch.Tensor, disparity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Image and disparity mirrored outwards by the largest disparity (+2 px), and that width."""
     w = image.shape[-1]
     pad = min(w - 1, math.ceil(float(disparity.abs().amax())) + 2) if disparity.numel() else 0
     if pad <= 0:
-        return forward_warp(image, disparity, towards=towards)
-    wide = forward_warp(
-        F.pad(image, (pad, pad, 0, 0), mode="reflect"),
-        F.pad(disparity, (pad, pad, 0, 0), mode="reflect"),
-        towards=towards,
-    )
+        return image, disparity, 0
+    sides = (pad, pad, 0, 0)
+    return F.pad(image, sides, mode="reflect"), F.pad(disparity, sides, mode="reflect"), pad
+
+
+def _crop(wide: WarpResult, pad: int, w: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     crop = slice(pad, pad + w)
-    source_x = wide.source_x[..., crop]
-    source_x = torch.where(source_x >= 0, (source_x - pad).clamp(0, w - 1), source_x)
-    return WarpResult(wide.image[..., crop], wide.holes[..., crop], wide.disparity[..., crop], source_x)
+    return wide.image[..., crop], wide.holes[..., crop], wide.disparity[..., crop]
 
 
 class StereoRenderer:
@@ -93,15 +103,20 @@ class StereoRenderer:
         ``[B,1,H,W]`` (pixels between the eyes, positive = in front of the screen); an eye that
         is the source itself comes back as ``None`` (the caller has it, as decoded)."""
         disparity = dilate_foreground(disparity, self.edge_dilation)
+        # mirrored once for both eyes; the fill needs no source columns, so none are mapped back
+        wide_frames, wide_disparity, pad = _mirror_borders(frames, disparity)
         out: dict[str, torch.Tensor] = {}
         for eye, share in self.shares().items():
             start = time.perf_counter()
-            warped = warp_with_borders(frames, disparity * share if share != 1.0 else disparity, towards=eye)
+            warped = forward_warp(
+                wide_frames, wide_disparity * share if share != 1.0 else wide_disparity, towards=eye
+            )
+            image, holes, warped_disparity = _crop(warped, pad, frames.shape[-1])
             middle = time.perf_counter()
             out[eye] = fill_holes(
-                warped.image,
-                warped.holes,
-                warped.disparity,
+                image,
+                holes,
+                warped_disparity,
                 background_side="right" if eye == "right" else "left",
                 inpaint=self.inpaint,
             )
