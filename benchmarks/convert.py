@@ -45,9 +45,7 @@ STEPS = (
     "normalise",
     "plan",
     "stabilise",
-    "dilate",
-    "warp",
-    "fill",
+    "render",
     "compose",
     "encode",
 )
@@ -55,7 +53,7 @@ STEPS = (
 BUSY_LOOP = "import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n    pass\n"
 
 
-def _child(source: str, output: str, depth_model: str, fmt: str) -> dict:
+def _child(source: str, output: str, depth_model: str, fmt: str, eye: str) -> dict:
     from spatialdreamer.convert import ConvertOptions, convert_video
     from spatialdreamer.runtime import peak_rss_mib, tune_cpu_allocator
 
@@ -72,7 +70,9 @@ def _child(source: str, output: str, depth_model: str, fmt: str) -> dict:
     startup = time.perf_counter() - warm
     began = time.perf_counter()
     cpu_began = time.process_time()
-    report = convert_video(source, output, ConvertOptions(depth_model=depth_model, format=fmt))
+    # "both" is the default; code from before --eye (a baseline) synthesizes the right eye
+    extra = {} if eye == "both" else {"eye": eye}
+    report = convert_video(source, output, ConvertOptions(depth_model=depth_model, format=fmt, **extra))
     return {
         "frames": report.frames,
         "wall_seconds": time.perf_counter() - began,  # includes model load
@@ -85,18 +85,17 @@ def _child(source: str, output: str, depth_model: str, fmt: str) -> dict:
     }
 
 
-def _profile_child(source: str, output: str, depth_model: str, fmt: str) -> dict:
+def _profile_child(source: str, output: str, depth_model: str, fmt: str, eye: str) -> dict:
     """CPU seconds of each step of a conversion, run one after another (as ``convert_video``
-    does them, with its default options: both eyes, steady depth, edge dilation)."""
+    does them, with its default options: steady depth, edge dilation, ``eye``)."""
     from spatialdreamer.convert import ConvertOptions
     from spatialdreamer.depth import TemporalNormalizer, load_depth_estimator
-    from spatialdreamer.dvg.disparity import dilate_foreground
-    from spatialdreamer.stereo import ComfortBound, ConvergencePlanner, DepthStabilizer, compose, fill_holes
-    from spatialdreamer.stereo.render import StereoRenderer, warp_with_borders
+    from spatialdreamer.stereo import ComfortBound, ConvergencePlanner, DepthStabilizer, compose
+    from spatialdreamer.stereo.render import StereoRenderer
     from spatialdreamer.video import VideoWriter, stream_frames
     from spatialdreamer.video.shots import CutDetector
 
-    options = ConvertOptions(depth_model=depth_model, format=fmt)
+    options = ConvertOptions(depth_model=depth_model, format=fmt, eye=eye)
     renderer = StereoRenderer(options.eye, options.edge_dilation, options.inpaint)
     renderer(torch.rand(1, 3, 8, 32), torch.full((1, 1, 8, 32), 3.0))  # compiled kernels loaded untimed
     estimator = load_depth_estimator(depth_model, device="cpu")
@@ -116,19 +115,6 @@ def _profile_child(source: str, output: str, depth_model: str, fmt: str) -> dict
         cpu[name] += time.process_time() - began
         return result
 
-    def render(image, disparity):
-        disparity = step("dilate", dilate_foreground, disparity, options.edge_dilation)
-        eyes = {}
-        for eye, share in renderer.shares().items():
-            warped = step("warp", warp_with_borders, image, disparity * share, eye)
-            eyes[eye] = step(
-                "fill",
-                lambda w=warped, e=eye: fill_holes(
-                    w.image, w.holes, w.disparity, background_side=e, inpaint=options.inpaint
-                ),
-            )
-        return eyes.get("left"), eyes.get("right")
-
     frames = 0
     chunks = stream_frames(source, options.chunk_size)
     writer = VideoWriter(output, 24.0, codec="h264", crf=options.crf, preset=options.preset)
@@ -141,7 +127,7 @@ def _profile_child(source: str, output: str, depth_model: str, fmt: str) -> dict
         normalized = step("normalise", normalizer, inverse)
         disparity = step("plan", planner, normalized)
         disparity = step("stabilise", stabilizer, image, disparity)
-        left, right = render(image, disparity)
+        left, right = step("render", renderer, image, disparity)  # dilation, warp, fill
         packed = step("compose", _pack, compose, chunk.frames, left, right, fmt)
         step("encode", writer.write, packed)
         frames += len(chunk.frames)
@@ -228,11 +214,12 @@ def main() -> None:
     parser.add_argument("--fps", type=float, default=24.0)
     parser.add_argument("--depth-model", default="parallax", help="parallax, or a hub id / local path")
     parser.add_argument("--format", default="full-sbs")
+    parser.add_argument("--eye", default="both", choices=("both", "right", "left"), help="eyes synthesized")
     parser.add_argument("--loads", nargs="+", type=int, default=[0, 1], help="busy processes beside the run")
     parser.add_argument("--baseline", metavar="DIR", help="another checkout to convert with, for comparison")
     parser.add_argument("--no-profile", action="store_true", help="skip the serial per-step CPU profile")
-    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
-    parser.add_argument("--child-profile", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--child-profile", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(_child(*args.child)))
@@ -243,7 +230,8 @@ def main() -> None:
 
     load = os.getloadavg()
     print(
-        f"torch {torch.__version__}, {os.cpu_count()} CPUs, depth {args.depth_model}, {args.format}; "
+        f"torch {torch.__version__}, {os.cpu_count()} CPUs, depth {args.depth_model}, {args.format}, "
+        f"eye {args.eye}; "
         f"load average before: {load[0]:.1f} (1 min), {load[1]:.1f} (5 min)"
     )
     codes = {"this checkout": None} | ({"baseline": args.baseline} if args.baseline else {})
@@ -265,7 +253,7 @@ def main() -> None:
                         if root is not None:
                             env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
                         output = str(Path(tmp) / f"out_{len(rows)}.mp4")
-                        tail = [str(source), output, args.depth_model, args.format]
+                        tail = [str(source), output, args.depth_model, args.format, args.eye]
                         r = _run([sys.executable, __file__, "--child", *tail], env, busy)
                         key = {"size": size, "seconds": seconds, "busy": busy, "code": code}
                         rows.append(key | r)
