@@ -71,8 +71,9 @@ def _hidden(folder: Path) -> list[str]:
 
 
 def _assert_same_as(reference: Path, resumed: Path) -> None:
-    """Same frame count and timestamps, the same pictures (x264 output may differ in a few
-    bits between any two runs, interrupted or not), the same audio."""
+    """Same frame count and timestamps, the same pictures (the encoder gets the same frames,
+    but the parts encoded after a resume can differ in a few bits: see spatialdreamer.resume),
+    the same audio."""
     frames, stamps = _decoded(resumed)
     ref_frames, ref_stamps = _decoded(reference)
     assert frames.shape == ref_frames.shape
