@@ -8,10 +8,12 @@ the state of every stateful stage (cut detector, depth model and normaliser, sta
 screen-plane planner) at that frame. Rerunning the same command after a crash or a kill
 restores that state, decodes from the next frame and encodes only the parts still missing;
 the finished parts are joined without re-encoding and the source audio is added, so the
-result has the same frames and the same audio as a run that was never interrupted. (The
-encoder gets bit-identical frames and timestamps, and two uninterrupted runs give identical
-files; but the parts encoded after a resume can still differ from an uninterrupted run's in
-a few bits, for a reason not yet found: decoded, the two agree above 40 dB PSNR.) A folder left by a different
+result has the same frames and the same audio as a run that was never interrupted: rerun as
+a new process (the command again, after a kill or Ctrl-C), the decoded frames are
+bit-identical (tested). A resume inside the very process that was interrupted (a library
+caller catching KeyboardInterrupt and calling again) gets bit-identical encoder input, but
+its later parts can differ in a few bits, for a reason not yet found (the interrupted run's
+leftover threads are the suspect); decoded, the two agree above 40 dB PSNR. A folder left by a different
 command (other options, or a changed source) is discarded. State that is not plain data (the
 planner's list of shots for ``--report``) is not saved: after a resume the report lists the
 shots from the resume point on.
