@@ -88,9 +88,9 @@ def _child(source: str, output: str, depth_model: str, fmt: str, eye: str) -> di
 def _profile_child(source: str, output: str, depth_model: str, fmt: str, eye: str) -> dict:
     """CPU seconds of each step of a conversion, run one after another (as ``convert_video``
     does them, with its default options: steady depth, edge dilation, ``eye``)."""
-    from spatialdreamer.convert import ConvertOptions
+    from spatialdreamer.convert import ConvertOptions, pack_eyes
     from spatialdreamer.depth import TemporalNormalizer, load_depth_estimator
-    from spatialdreamer.stereo import ComfortBound, ConvergencePlanner, DepthStabilizer, compose
+    from spatialdreamer.stereo import ComfortBound, ConvergencePlanner, DepthStabilizer
     from spatialdreamer.stereo.render import StereoRenderer
     from spatialdreamer.video import VideoWriter, stream_frames
     from spatialdreamer.video.shots import CutDetector
@@ -128,23 +128,11 @@ def _profile_child(source: str, output: str, depth_model: str, fmt: str, eye: st
         disparity = step("plan", planner, normalized)
         disparity = step("stabilise", stabilizer, image, disparity)
         left, right = step("render", renderer, image, disparity)  # dilation, warp, fill
-        packed = step("compose", _pack, compose, chunk.frames, left, right, fmt)
+        packed = step("compose", pack_eyes, chunk.frames, left, right, fmt)
         step("encode", writer.write, packed)
         frames += len(chunk.frames)
     step("encode", writer.close)  # the encoder's buffered frames
     return {"frames": frames, "cpu": cpu, "threads": torch.get_num_threads()}
-
-
-def _pack(compose, source: torch.Tensor, left, right, fmt: str) -> torch.Tensor:
-    """The output frame as ``convert_video`` packs it (``None``: the eye that is the source, as
-    decoded)."""
-
-    def to_uint8(x):
-        return x.clamp(0.0, 1.0).mul_(255.0).add_(0.5).to(torch.uint8)
-
-    if fmt in ("full-sbs", "full-tb"):
-        return compose(*[source if e is None else to_uint8(e) for e in (left, right)], fmt)
-    return to_uint8(compose(*[source.float().div_(255.0) if e is None else e for e in (left, right)], fmt))
 
 
 def _looped_video(folder: Path, seconds: float, width: int, height: int, fps: float) -> Path:

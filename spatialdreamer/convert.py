@@ -61,6 +61,7 @@ __all__ = [
     "OutputExistsError",
     "convert_video",
     "output_path_for",
+    "pack_eyes",
 ]
 
 log = logging.getLogger(__name__)
@@ -389,13 +390,7 @@ def convert_video(
     def pack(source: torch.Tensor, left: torch.Tensor | None, right: torch.Tensor | None) -> torch.Tensor:
         """Lay out one chunk; ``None`` is the eye that is the source (``uint8``, as decoded)."""
         start = time.perf_counter()
-        source = source.to(device)
-        if options.format in ("full-sbs", "full-tb"):  # the source eye goes out as decoded
-            eyes = [source if e is None else _to_uint8(e) for e in (left, right)]
-            packed = compose(*eyes, options.format)
-        else:
-            eyes = [source.float().div_(255.0) if e is None else e for e in (left, right)]
-            packed = _to_uint8(compose(*eyes, options.format))
+        packed = pack_eyes(source.to(device), left, right, options.format)
         timings["compose"] += time.perf_counter() - start
         return packed.cpu()
 
@@ -478,6 +473,17 @@ def convert_video(
     return ConvertReport(
         out_path, done, time.perf_counter() - began, info.width, info.height, timings, stats.dropped, resumed
     )
+
+
+def pack_eyes(
+    source: torch.Tensor, left: torch.Tensor | None, right: torch.Tensor | None, fmt: str
+) -> torch.Tensor:
+    """One output frame per source frame in layout ``fmt``: ``source`` ``uint8`` as decoded,
+    ``left``/``right`` float in [0, 1], ``None`` for the eye that is the source. Full layouts
+    take the source eye as decoded (no round trip through float)."""
+    if fmt in ("full-sbs", "full-tb"):
+        return compose(*[source if e is None else _to_uint8(e) for e in (left, right)], fmt)
+    return _to_uint8(compose(*[source.float().div_(255.0) if e is None else e for e in (left, right)], fmt))
 
 
 def _to_uint8(frames: torch.Tensor) -> torch.Tensor:
