@@ -13,8 +13,9 @@ is left as it is; --overwrite rebuilds it.
     ─► prepare: scores + filters, rgb encode, DIS flow once per pair       CPU task per clip
     ─► dvg:     depth (batched, fp16), warp, warp-back, masks              GPU actor pool
     ─► write:   encode views, lossless masks/disparity, row record         CPU task per clip
-    ─► pack:    each segment's clips → one tar + one manifest part         CPU task per video
-    ─► failures/ parts from the records; near-duplicates (duplicates/)     driver
+    ─► pack:    each segment's clips → one tar + one manifest part,        CPU task per video
+                the video's failures part
+    ─► near-duplicates (duplicates/), counts from Parquet footers          driver
 """
 
 from __future__ import annotations
@@ -312,7 +313,7 @@ def build(
     """
     from spatialdreamer.corpus import FILTER_STAGE, LIST_STAGE, find_sources, mark_duplicates, record_failure
     from spatialdreamer.data import storage
-    from spatialdreamer.data.manifest import compact_table, count_rows, load_manifest
+    from spatialdreamer.data.manifest import compact_video, count_rows, load_manifest
 
     began = time.perf_counter()
     config = config.resolved()  # shot_detector: auto → what this machine has, for every worker
@@ -325,7 +326,8 @@ def build(
         raise ValueError(f"no videos found in {source}" + (f" ({reasons})" if reasons else ""))
     prepare_output(root, config, overwrite=overwrite, retry_failed=retry_failed)
     for entry in listing.skipped:  # every input left out is a row of the failures table
-        record_failure(root, entry["path"], LIST_STAGE, entry["reason"])
+        record = record_failure(root, entry["path"], LIST_STAGE, entry["reason"])
+        compact_video(root, "failures", record["video_id"])  # found here: its part is written here
     pending = pending_sources(sources, root, config)
     clips = frames = 0
     device = "cpu"
@@ -342,7 +344,7 @@ def build(
     )
     pack_videos(unpacked, root, config, in_process=in_process)
     total_clips = count_rows(root, "clips")
-    total_failures = compact_table(root, "failures")
+    total_failures = count_rows(root, "failures")  # each video's part was written by its pack task
     duplicates = mark_duplicates(root, config.dedupe_bits) if total_clips else 0
     failures = load_manifest(root, table="failures", columns=["video_id", "clip_id", "stage"])
     filtered = int((failures["stage"] == FILTER_STAGE).sum())

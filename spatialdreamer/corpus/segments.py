@@ -31,6 +31,7 @@ from spatialdreamer.corpus.records import (
     video_record_path,
 )
 from spatialdreamer.data import storage
+from spatialdreamer.data.manifest import failures_part_is_current
 from spatialdreamer.video.probe import open_source
 from spatialdreamer.video.streams import main_video_stream
 
@@ -171,9 +172,10 @@ def segment_is_done(
 
 
 def video_is_done(root: str, vid: str, content_hash: str) -> bool:
-    """Whether every planned segment of a video is split and all their clips are finished."""
+    """Whether every planned segment of a video is split, all their clips are finished and its
+    failures part is written (a job killed after packing redoes the last step alone)."""
     plan = read_plan(root, vid, content_hash)
-    if plan is None:
+    if plan is None or not failures_part_is_current(root, vid):
         return False
     finished = finished_clips(root, vid)
     return all(segment_is_done(root, vid, k, content_hash, finished) for k in range(len(plan["starts"])))
