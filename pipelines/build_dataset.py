@@ -152,19 +152,45 @@ def choose_device(ray, config: CorpusConfig, sleep=time.sleep) -> tuple[str, str
     return "cpu", "the cluster has no GPU and cannot add one: depth + DVG run on CPU"
 
 
-def _pool(size: int | None, retries: int, num_cpus: float):
-    """Task-pool settings of a CPU stage: ``size`` None scales with the cluster's CPUs; bounded
-    retries (a crash or a transient error is retried ``retries`` times, then the job stops)."""
+def _pool(size: int | None, num_cpus: float) -> dict:
+    """Task-pool settings of a CPU stage: ``size`` None scales with the cluster's CPUs."""
     from ray.data import TaskPoolStrategy
 
+    return {"compute": TaskPoolStrategy(size=size), "num_cpus": num_cpus}
+
+
+# Ray Data 2.60 takes a stage's resources as named parameters (num_cpus, num_gpus, compute,
+# ...) but has none for retries: bounded task retries (max_retries, retry_exceptions) and actor
+# restarts (max_restarts, max_task_retries) still go through ``**ray_remote_args``, which warns
+# that it is deprecated. Only these are passed that way, and the warning is silenced for them
+# alone, where they are passed (tests/test_build_dataset_ray.py checks that Ray still has no
+# named parameter for any of them).
+RETRY_ARGS = ("max_retries", "retry_exceptions", "max_restarts", "max_task_retries")
+
+
+def _task_retries(retries: int) -> dict:
+    """A crash or a transient error is retried ``retries`` times, then the job stops."""
     from spatialdreamer.corpus import TransientError
 
-    return {
-        "compute": TaskPoolStrategy(size=size),
-        "num_cpus": num_cpus,
-        "max_retries": retries,
-        "retry_exceptions": [TransientError],
-    }
+    return {"max_retries": retries, "retry_exceptions": [TransientError]}
+
+
+def _actor_retries(retries: int) -> dict:
+    return {"max_restarts": retries, "max_task_retries": retries}
+
+
+def _stage(method, fn, retry_args: dict, **named):
+    """``method(fn, **named)`` (a Dataset map) with the retry settings Ray has no name for."""
+    import warnings
+
+    from ray.util.annotations import RayDeprecationWarning
+
+    unknown = set(retry_args) - set(RETRY_ARGS)
+    if unknown:
+        raise ValueError(f"pass {sorted(unknown)} as named parameters")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated", RayDeprecationWarning)
+        return method(fn, **named, **retry_args)
 
 
 def _dvg_pool(ray, config: CorpusConfig, device: str) -> dict:
@@ -223,32 +249,41 @@ def run_stages(
     device, reason = choose_device(ray, config)
     print(f"build_dataset: depth + DVG on {device} ({reason})", file=sys.stderr)
     dvg = _dvg_pool(ray, config, device)
-    retries = config.max_retries
-    cpu_stage = _pool(config.split_tasks, retries, config.split_num_cpus)
+    tasks, actors = _task_retries(config.max_retries), _actor_retries(config.max_retries)
 
     segments = pending_segments(pending, root, config)
     clips = frames = 0
     if segments:
         ds = ray.data.from_items(segments, override_num_blocks=len(segments))
-        ds = ds.flat_map(split_video, fn_kwargs={"root": root, "config": config}, **cpu_stage)
-        ds = ds.map_batches(
+        ds = _stage(
+            ds.flat_map,
+            split_video,
+            tasks,
+            fn_kwargs={"root": root, "config": config},
+            **_pool(config.split_tasks, config.split_num_cpus),
+        )
+        ds = _stage(
+            ds.map_batches,
             prepare_clips,
+            tasks,
             fn_kwargs={"root": root, "config": config},
             batch_size=1,
-            **_pool(config.prepare_tasks, retries, config.prepare_num_cpus),
+            **_pool(config.prepare_tasks, config.prepare_num_cpus),
         )
-        ds = ds.map_batches(
+        ds = _stage(
+            ds.map_batches,
             DepthDVGStage,
+            actors,
             fn_constructor_kwargs={"config": config, "root": root, "device": device},
-            max_restarts=retries,
-            max_task_retries=retries,
             **dvg,
         )
-        ds = ds.map_batches(
+        ds = _stage(
+            ds.map_batches,
             write_clip_stage,
+            tasks,
             fn_kwargs={"root": root, "config": config},
             batch_size=1,
-            **_pool(config.write_tasks, retries, config.write_num_cpus),
+            **_pool(config.write_tasks, config.write_num_cpus),
         )
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             clips += len(batch["clip_id"])
