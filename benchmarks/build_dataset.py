@@ -74,13 +74,14 @@ _RAY_SYSTEM = tuple(
 )
 
 
-def _session_cpu() -> dict[str, float]:
+def _session_cpu() -> dict[int, tuple[str, float]]:
     """CPU seconds (user + system) so far of every live process in this process's session, by
-    kind: the driver (this process), Ray Data's workers and actors running the stages, and
-    Ray's own processes (raylet, GCS, dashboard agent, Ray Data's stats and coordinator actors)."""
+    pid with its kind: the driver (this process), Ray Data's workers and actors running the
+    stages, and Ray's own processes (raylet, GCS, dashboard agent, Ray Data's stats and
+    coordinator actors)."""
     tick = os.sysconf("SC_CLK_TCK")
     sid, me = os.getsid(0), os.getpid()
-    found = {"driver": 0.0, "stage workers": 0.0, "ray system": 0.0}
+    found = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -91,15 +92,39 @@ def _session_cpu() -> dict[str, float]:
             command = Path(f"/proc/{name}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         except (OSError, ValueError, IndexError):
             continue
-        seconds = (int(fields[11]) + int(fields[12])) / tick
         if int(name) == me:
             kind = "driver"
         elif command.startswith("ray::") and not command.startswith(_RAY_SYSTEM):
             kind = "stage workers"
         else:
             kind = "ray system"
-        found[kind] += seconds
+        found[int(name)] = (kind, (int(fields[11]) + int(fields[12])) / tick)
     return found
+
+
+class _CpuMeter:
+    """CPU-seconds spent by the session's processes between ``start`` and ``stop``, sampled
+    every half second so that processes that end meanwhile (actors of a finished stage) count."""
+
+    def start(self) -> None:
+        self.first = _session_cpu()
+        self.last = dict(self.first)
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.done.wait(0.5):
+            self.last.update(_session_cpu())
+
+    def stop(self) -> dict[str, float]:
+        self.done.set()
+        self.thread.join()
+        self.last.update(_session_cpu())
+        spent = {"driver": 0.0, "stage workers": 0.0, "ray system": 0.0}
+        for pid, (kind, seconds) in self.last.items():
+            spent[kind] += seconds - self.first.get(pid, (kind, 0.0))[1]
+        return spent
 
 
 def _measure(args: list[str]) -> dict:
@@ -150,11 +175,12 @@ def _child(mode: str, videos: str, output: str, config_name: str, threads: int) 
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
         startup = time.perf_counter() - began
         ray.data.DataContext.get_current().enable_progress_bars = False
-    cpu_before = _session_cpu()
+    meter = _CpuMeter()
+    meter.start()
     began = time.perf_counter()
     summary = build(videos, output, config, overwrite=True, in_process=mode == "plain")
     elapsed = time.perf_counter() - began
-    cpu = {kind: seconds - cpu_before[kind] for kind, seconds in _session_cpu().items()}
+    cpu = meter.stop()
     print(
         json.dumps(
             {
