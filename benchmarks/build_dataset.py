@@ -2,6 +2,7 @@
 
     python benchmarks/build_dataset.py [--videos 6] [--seconds 2] [--size 320x192] [--config demo]
     python benchmarks/build_dataset.py --plan VIDEOS MINUTES --gpus G --cpus C [--config default]
+    python benchmarks/build_dataset.py --dedupe 450000     # near-duplicates on the driver at scale
 
 ``--plan`` measures each stage's cost here on synth video (CPU-s per frame or clip, bytes per
 clip through the object store, GPU-s per frame when a GPU is present; otherwise the GPU rates
@@ -466,6 +467,47 @@ def _print_costs(costs: dict) -> None:
     )
 
 
+def measure_dedupe(clips: int, per_video: int = 300, bits: int = 6) -> None:
+    """Near-duplicate marking on the driver at corpus scale: ``clips`` random perceptual hashes
+    (1 % planted copies of another video's clip with up to 6 bits flipped), ``per_video`` clips
+    a video; prints CPU-seconds and the memory it adds."""
+    import resource
+
+    import numpy as np
+    import pandas as pd
+
+    from spatialdreamer.corpus import near_duplicates
+
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 2**63, clips, dtype=np.int64).astype(np.uint64) << np.uint64(1)
+    values |= rng.integers(0, 2, clips).astype(np.uint64)
+    for source, target in zip(
+        rng.integers(0, clips, clips // 100), rng.integers(0, clips, clips // 100), strict=True
+    ):
+        value = int(values[source])
+        for bit in rng.choice(64, rng.integers(0, 7), replace=False):
+            value ^= 1 << int(bit)
+        values[target] = value
+    videos = [f"v{i // per_video:05d}" for i in range(clips)]
+    frame = pd.DataFrame(
+        {
+            "clip_id": [f"{v}-{i:06d}" for i, v in enumerate(videos)],
+            "video_id": videos,
+            "phash": [f"{int(v):016x}" for v in values],
+        }
+    )
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    began, cpu = time.perf_counter(), time.process_time()
+    found = int(near_duplicates(frame, bits).notna().sum())
+    added = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    print(
+        f"dedupe: {clips} clips ({clips // per_video} videos x {per_video}), bits {bits}: "
+        f"{time.process_time() - cpu:.1f} CPU-s ({time.perf_counter() - began:.1f} s wall, load "
+        f"{os.getloadavg()[0]:.1f}), +{added:.0f} MiB peak beyond the three columns "
+        f"({frame.memory_usage(deep=True).sum() / 2**20:.0f} MiB), {found} duplicates"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -488,10 +530,20 @@ def main() -> None:
     parser.add_argument("--config", default="demo")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument(
+        "--dedupe",
+        type=int,
+        default=0,
+        metavar="CLIPS",
+        help="only time near-duplicate marking of CLIPS clips",
+    )
+    parser.add_argument(
         "--repeat", type=int, default=1, help="rounds of (plain loop, Ray job) on N videos, alternating"
     )
     parser.add_argument("--child", nargs=5, metavar=("MODE", "VIDEOS", "OUT", "CONFIG", "THREADS"))
     args = parser.parse_args()
+    if args.dedupe:
+        measure_dedupe(args.dedupe)
+        return
     if args.child:
         mode, videos, out, config, threads = args.child
         _child(mode, videos, out, config, int(threads))
