@@ -43,6 +43,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # measure this checkout's code, also where another one is installed
+    sys.path.insert(0, str(REPO))
 
 
 def _session_pss_mib(sid: int) -> float:
