@@ -13,8 +13,9 @@ is left as it is; --overwrite rebuilds it.
     ─► prepare: scores + filters, rgb encode, DIS flow once per pair       CPU task per clip
     ─► dvg:     depth (batched, fp16), warp, warp-back, masks              GPU actor pool
     ─► write:   encode views, lossless masks/disparity, row record         CPU task per clip
-    ─► pack:    each segment's clips → one tar + one manifest part         CPU task per video
-    ─► failures/ parts from the records; near-duplicates (duplicates/)     driver
+    ─► pack:    each segment's clips → one tar + one manifest part,        CPU task per video
+                the video's failures part
+    ─► near-duplicates (duplicates/), counts from Parquet footers          driver
 """
 
 from __future__ import annotations
@@ -151,19 +152,45 @@ def choose_device(ray, config: CorpusConfig, sleep=time.sleep) -> tuple[str, str
     return "cpu", "the cluster has no GPU and cannot add one: depth + DVG run on CPU"
 
 
-def _pool(size: int | None, retries: int, num_cpus: float):
-    """Task-pool settings of a CPU stage: ``size`` None scales with the cluster's CPUs; bounded
-    retries (a crash or a transient error is retried ``retries`` times, then the job stops)."""
+def _pool(size: int | None, num_cpus: float) -> dict:
+    """Task-pool settings of a CPU stage: ``size`` None scales with the cluster's CPUs."""
     from ray.data import TaskPoolStrategy
 
+    return {"compute": TaskPoolStrategy(size=size), "num_cpus": num_cpus}
+
+
+# Ray Data 2.60 takes a stage's resources as named parameters (num_cpus, num_gpus, compute,
+# ...) but has none for retries: bounded task retries (max_retries, retry_exceptions) and actor
+# restarts (max_restarts, max_task_retries) still go through ``**ray_remote_args``, which warns
+# that it is deprecated. Only these are passed that way, and the warning is silenced for them
+# alone, where they are passed (tests/test_build_dataset_ray.py checks that Ray still has no
+# named parameter for any of them).
+RETRY_ARGS = ("max_retries", "retry_exceptions", "max_restarts", "max_task_retries")
+
+
+def _task_retries(retries: int) -> dict:
+    """A crash or a transient error is retried ``retries`` times, then the job stops."""
     from spatialdreamer.corpus import TransientError
 
-    return {
-        "compute": TaskPoolStrategy(size=size),
-        "num_cpus": num_cpus,
-        "max_retries": retries,
-        "retry_exceptions": [TransientError],
-    }
+    return {"max_retries": retries, "retry_exceptions": [TransientError]}
+
+
+def _actor_retries(retries: int) -> dict:
+    return {"max_restarts": retries, "max_task_retries": retries}
+
+
+def _stage(method, fn, retry_args: dict, **named):
+    """``method(fn, **named)`` (a Dataset map) with the retry settings Ray has no name for."""
+    import warnings
+
+    from ray.util.annotations import RayDeprecationWarning
+
+    unknown = set(retry_args) - set(RETRY_ARGS)
+    if unknown:
+        raise ValueError(f"pass {sorted(unknown)} as named parameters")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated", RayDeprecationWarning)
+        return method(fn, **named, **retry_args)
 
 
 def _dvg_pool(ray, config: CorpusConfig, device: str) -> dict:
@@ -222,32 +249,41 @@ def run_stages(
     device, reason = choose_device(ray, config)
     print(f"build_dataset: depth + DVG on {device} ({reason})", file=sys.stderr)
     dvg = _dvg_pool(ray, config, device)
-    retries = config.max_retries
-    cpu_stage = _pool(config.split_tasks, retries, config.split_num_cpus)
+    tasks, actors = _task_retries(config.max_retries), _actor_retries(config.max_retries)
 
     segments = pending_segments(pending, root, config)
     clips = frames = 0
     if segments:
         ds = ray.data.from_items(segments, override_num_blocks=len(segments))
-        ds = ds.flat_map(split_video, fn_kwargs={"root": root, "config": config}, **cpu_stage)
-        ds = ds.map_batches(
+        ds = _stage(
+            ds.flat_map,
+            split_video,
+            tasks,
+            fn_kwargs={"root": root, "config": config},
+            **_pool(config.split_tasks, config.split_num_cpus),
+        )
+        ds = _stage(
+            ds.map_batches,
             prepare_clips,
+            tasks,
             fn_kwargs={"root": root, "config": config},
             batch_size=1,
-            **_pool(config.prepare_tasks, retries, config.prepare_num_cpus),
+            **_pool(config.prepare_tasks, config.prepare_num_cpus),
         )
-        ds = ds.map_batches(
+        ds = _stage(
+            ds.map_batches,
             DepthDVGStage,
+            actors,
             fn_constructor_kwargs={"config": config, "root": root, "device": device},
-            max_restarts=retries,
-            max_task_retries=retries,
             **dvg,
         )
-        ds = ds.map_batches(
+        ds = _stage(
+            ds.map_batches,
             write_clip_stage,
+            tasks,
             fn_kwargs={"root": root, "config": config},
             batch_size=1,
-            **_pool(config.write_tasks, retries, config.write_num_cpus),
+            **_pool(config.write_tasks, config.write_num_cpus),
         )
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             clips += len(batch["clip_id"])
@@ -312,7 +348,7 @@ def build(
     """
     from spatialdreamer.corpus import FILTER_STAGE, LIST_STAGE, find_sources, mark_duplicates, record_failure
     from spatialdreamer.data import storage
-    from spatialdreamer.data.manifest import compact_table, count_rows, load_manifest
+    from spatialdreamer.data.manifest import compact_video, count_rows, load_manifest
 
     began = time.perf_counter()
     config = config.resolved()  # shot_detector: auto → what this machine has, for every worker
@@ -325,7 +361,8 @@ def build(
         raise ValueError(f"no videos found in {source}" + (f" ({reasons})" if reasons else ""))
     prepare_output(root, config, overwrite=overwrite, retry_failed=retry_failed)
     for entry in listing.skipped:  # every input left out is a row of the failures table
-        record_failure(root, entry["path"], LIST_STAGE, entry["reason"])
+        record = record_failure(root, entry["path"], LIST_STAGE, entry["reason"])
+        compact_video(root, "failures", record["video_id"])  # found here: its part is written here
     pending = pending_sources(sources, root, config)
     clips = frames = 0
     device = "cpu"
@@ -342,7 +379,7 @@ def build(
     )
     pack_videos(unpacked, root, config, in_process=in_process)
     total_clips = count_rows(root, "clips")
-    total_failures = compact_table(root, "failures")
+    total_failures = count_rows(root, "failures")  # each video's part was written by its pack task
     duplicates = mark_duplicates(root, config.dedupe_bits) if total_clips else 0
     failures = load_manifest(root, table="failures", columns=["video_id", "clip_id", "stage"])
     filtered = int((failures["stage"] == FILTER_STAGE).sum())

@@ -72,3 +72,47 @@ def test_duplicates_table_joins_the_manifest_and_is_rewritten_only_on_change(cor
 def test_bad_segment_and_dedupe_settings_are_one_line_errors(key, value, message):
     with pytest.raises(ValueError, match=message):
         load_config("tiny", {key: value})
+
+
+def _brute_force(clips: pd.DataFrame, bits: int) -> list:
+    """Every pair compared, groups joined transitively, each pointing at its first clip by ID."""
+    rows = clips.sort_values("clip_id").reset_index(drop=True)
+    values = [int(h, 16) for h in rows.phash]
+    group = list(range(len(rows)))
+
+    def root(i: int) -> int:
+        while group[i] != i:
+            i = group[i]
+        return i
+
+    for a in range(len(rows)):
+        for b in range(a + 1, len(rows)):
+            close = bin(values[a] ^ values[b]).count("1") <= bits
+            if close and rows.video_id[a] != rows.video_id[b]:
+                ra, rb = root(a), root(b)
+                group[max(ra, rb)] = min(ra, rb)
+    first = {cid: rows.clip_id[root(i)] for i, cid in enumerate(rows.clip_id)}
+    return [first[c] if first[c] != c else None for c in clips.clip_id]
+
+
+def test_near_duplicates_match_comparing_every_pair_on_hashes_that_share_bands():
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    # few distinct band values so that buckets are large and chains form across videos
+    base = rng.integers(0, 2**63, 12, dtype=np.int64)
+    values = []
+    for i in range(400):
+        v = int(base[i % 12])
+        for bit in rng.choice(64, rng.integers(0, 12), replace=False):
+            v ^= 1 << int(bit)
+        values.append(v)
+    clips = pd.DataFrame(
+        {
+            "clip_id": [f"v{i % 37:02d}-{i:04d}" for i in range(400)],
+            "video_id": [f"v{i % 37:02d}" for i in range(400)],
+            "phash": [f"{v:016x}" for v in values],
+        }
+    ).sample(frac=1, random_state=0)  # any row order
+    for bits in (0, 3, 6):
+        assert near_duplicates(clips, bits).tolist() == _brute_force(clips, bits), bits

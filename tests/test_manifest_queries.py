@@ -122,6 +122,35 @@ def test_failures_compaction_rewrites_only_stale_parts_and_drops_empty_ones(corp
     assert not list((copy / "failures").glob("*.parquet"))
 
 
+def test_each_failures_part_is_written_by_its_videos_pack_task_and_a_lost_one_is_redone(
+    corpus, tmp_path, monkeypatch
+):
+    import spatialdreamer.data.manifest as manifest_module
+
+    def whole_table(*args, **kwargs):
+        raise AssertionError("the driver compacted the whole failures table")
+
+    monkeypatch.setattr(manifest_module, "compact_table", whole_table)
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("s2.mp4", "broken.mp4"):
+        shutil.copy(corpus.parent / "videos" / name, videos / name)
+    (videos / "._s2.mp4").write_bytes(b"\x00" * 10)  # not a video: found by the listing
+    out = tmp_path / "corpus"
+    first = build(str(videos), str(out), load_config("tiny"), in_process=True)
+    parts = sorted(p.name for p in (out / "failures").glob("part-*.parquet"))
+    failures = load_manifest(str(out), table="failures")
+    assert parts == sorted(f"part-{vid}.parquet" for vid in failures.video_id)
+    assert sorted(failures.stage) == ["list", "probe"] and first["failures"] == 2
+    # a job killed after packing a video but before writing its failures part: the rerun redoes
+    # that step alone (the video is not done until its part holds all its records)
+    broken = failures.loc[failures.stage == "probe", "video_id"].iloc[0]
+    (out / "failures" / f"part-{broken}.parquet").unlink()
+    again = build(str(videos), str(out), load_config("tiny"), in_process=True)
+    assert (again["videos_processed"], again["clips_written"], again["failures"]) == (1, 0, 2)
+    pd.testing.assert_frame_equal(load_manifest(str(out), table="failures"), failures)
+
+
 def test_retry_failed_forgets_failures_and_tries_again(corpus, tmp_path):
     videos = corpus.parent / "videos"
     inputs = tmp_path / "inputs.csv"

@@ -8,8 +8,10 @@ its clips are packed::
     manifest/<video_id>/part-<segment>.parquet  their rows, with the byte range of each clip
 
 The manifest part is written last and is the segment's commit; then the loose files and row
-records are removed. Each task reads only its own video's records, so no process ever holds
-the whole manifest, and a rerun (after a kill mid-pack) finishes exactly what was left.
+records are removed. Last, the task writes the video's part of the failures table
+(``failures/part-<video_id>.parquet``). Each task reads only its own video's records, so no
+process ever holds the whole manifest or failures table, and a rerun (after a kill mid-pack)
+finishes exactly what was left.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import pyarrow.parquet as pq
 from spatialdreamer.corpus.records import accounted_clips, retry_transient
 from spatialdreamer.corpus.segments import read_plan, read_segment_record
 from spatialdreamer.data import storage
-from spatialdreamer.data.manifest import manifest_part, to_clip_table
+from spatialdreamer.data.manifest import compact_video, manifest_part, to_clip_table
 from spatialdreamer.data.shards import SHARD_FILES, pack_clips, shard_dir
 
 __all__ = ["pack_path", "pack_segment", "pack_video"]
@@ -102,9 +104,11 @@ def _download(source: str, local: str) -> None:
 
 
 def pack_video(row: dict, root: str, config) -> dict:
-    """Pack every finished segment of one video.
+    """Pack every finished segment of one video, then write its part of the failures table
+    (``failures/part-<video_id>.parquet``, from its failure records; none if it has none).
 
-    ``row`` has the ``video_id``; returns ``{"video_id", "packed"}`` (clips packed now).
+    ``row`` has the ``video_id``; returns ``{"video_id", "packed", "failures"}`` (clips packed
+    now, rows in the video's failures part).
     """
     vid = str(row["video_id"])
     packed = 0
@@ -121,4 +125,5 @@ def pack_video(row: dict, root: str, config) -> dict:
     leftover = storage.join(root, "_rows", vid)
     if not storage.list_files(leftover, (".json",), recursive=False):
         storage.remove_tree(leftover)
-    return {"video_id": vid, "packed": packed}
+    failures = retry_transient(lambda: compact_video(root, "failures", vid), f"writing failures of {vid}")
+    return {"video_id": vid, "packed": packed, "failures": failures}

@@ -2,7 +2,10 @@
 
 A video longer than ``segment_seconds`` is cut at the keyframe at or before each multiple of
 it; each segment is one split task that seeks to its keyframe (PyAV) and decodes only its
-range, so a 2-hour film spreads over the cluster and a retry redoes one segment. Boundaries
+range, so a 2-hour film spreads over the cluster and a retry redoes one segment. A video on
+object storage is read by range (a seekable pyarrow file, see
+:func:`spatialdreamer.video.probe.open_source`), never downloaded whole: planning reads the
+index and a few packets, a segment's split about its own byte range. Boundaries
 come from the container's index (a few seeks, no decoding), so they are the same on every
 run: clip IDs stay deterministic and resume exact.
 
@@ -14,9 +17,7 @@ Records (beside the per-clip ones of :mod:`spatialdreamer.corpus.records`)::
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator
 
 import av
 
@@ -30,6 +31,8 @@ from spatialdreamer.corpus.records import (
     video_record_path,
 )
 from spatialdreamer.data import storage
+from spatialdreamer.data.manifest import failures_part_is_current
+from spatialdreamer.video.probe import open_source
 from spatialdreamer.video.streams import main_video_stream
 
 __all__ = [
@@ -45,17 +48,6 @@ __all__ = [
 ]
 
 
-@contextlib.contextmanager
-def _open_for_seeking(path: str) -> Iterator[object]:
-    """The source for PyAV: a local path, or a seekable pyarrow file (range reads, no download)."""
-    if not storage.is_uri(path):
-        yield path
-        return
-    fs, inner = storage.open_filesystem(path)
-    with fs.open_input_file(inner) as handle:
-        yield handle
-
-
 def keyframe_boundaries(path: str, segment_seconds: float) -> list[float]:
     """Start times (seconds from the stream's start) of the segments of a video: 0, then the
     keyframe at or before each multiple of ``segment_seconds``, strictly increasing.
@@ -65,7 +57,7 @@ def keyframe_boundaries(path: str, segment_seconds: float) -> list[float]:
     """
     if segment_seconds <= 0:
         return [0.0]
-    with _open_for_seeking(path) as source, av.open(source) as container:
+    with open_source(path) as (source, options), av.open(source, **options) as container:
         stream, _ = main_video_stream(container)  # the stream the decoder reads (no cover art)
         if stream is None:
             return [0.0]
@@ -180,9 +172,10 @@ def segment_is_done(
 
 
 def video_is_done(root: str, vid: str, content_hash: str) -> bool:
-    """Whether every planned segment of a video is split and all their clips are finished."""
+    """Whether every planned segment of a video is split, all their clips are finished and its
+    failures part is written (a job killed after packing redoes the last step alone)."""
     plan = read_plan(root, vid, content_hash)
-    if plan is None:
+    if plan is None or not failures_part_is_current(root, vid):
         return False
     finished = finished_clips(root, vid)
     return all(segment_is_done(root, vid, k, content_hash, finished) for k in range(len(plan["starts"])))

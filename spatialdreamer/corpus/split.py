@@ -12,7 +12,6 @@ from spatialdreamer.corpus.config import CorpusConfig
 from spatialdreamer.corpus.records import TransientError, is_transient, one_line, record_failure
 from spatialdreamer.corpus.segments import finished_clips, segment_is_done, write_segment_record
 from spatialdreamer.corpus.shots import make_shot_detector
-from spatialdreamer.data import storage
 from spatialdreamer.data.ids import clip_id
 from spatialdreamer.video import VideoError, probe_video, stream_frames
 from spatialdreamer.video.clips import ClipSplitter, resize_and_crop
@@ -26,7 +25,8 @@ def split_video(row: dict, root: str, config: CorpusConfig) -> Iterator[dict]:
 
     A generator: clips are handed on as soon as they are complete (frames as ``[T,H,W,3]``
     uint8), so memory holds one decode chunk and one clip whatever the video's length. A
-    segment after the first seeks to its keyframe and decodes only ``[start, end)`` seconds;
+    segment after the first seeks to its keyframe and decodes only ``[start, end)`` seconds (a
+    URI is read by range, not downloaded: about the segment's bytes plus the header and index);
     its frames are numbered from its first frame's timestamp, and a segment boundary ends a
     shot, so the clips do not depend on which tasks ran. Clips never cross a shot cut (found by
     ``config.shot_detector``) and keep ``config.trim`` frames away from each cut. Clips already
@@ -44,38 +44,37 @@ def split_video(row: dict, root: str, config: CorpusConfig) -> Iterator[dict]:
     emitted: list[str] = []
     status, frames_seen, error = "complete", 0, None
     try:
-        with storage.local_copy(path) as local:
-            info = probe_video(local)
-            if info.is_image:
-                raise VideoError(path, "is a still image, not a video")
-            splitter = ClipSplitter(config.clip_length, config.stride, config.min_length, config.trim)
-            shots = make_shot_detector(config)
-            waiting: deque[tuple[torch.Tensor, float]] = deque()  # frames whose cut flag is not settled
-            first = 0  # index of the segment's first frame in the video
+        info = probe_video(path)
+        if info.is_image:
+            raise VideoError(path, "is a still image, not a video")
+        splitter = ClipSplitter(config.clip_length, config.stride, config.min_length, config.trim)
+        shots = make_shot_detector(config)
+        waiting: deque[tuple[torch.Tensor, float]] = deque()  # frames whose cut flag is not settled
+        first = 0  # index of the segment's first frame in the video
 
-            def hand_on(clips):
-                for clip in clips:
-                    emitted.append(clip_id(vid, first + clip.start, first + clip.stop))
-                    if emitted[-1] not in finished:
-                        yield _clip_row(row, info.fps, info.width, info.height, clip, first, segment)
+        def hand_on(clips):
+            for clip in clips:
+                emitted.append(clip_id(vid, first + clip.start, first + clip.stop))
+                if emitted[-1] not in finished:
+                    yield _clip_row(row, info.fps, info.width, info.height, clip, first, segment)
 
-            last_time = None
-            for chunk in stream_frames(local, config.decode_chunk, start=start, end=end, info=info):
-                if frames_seen == 0 and start is not None:
-                    first = round(float(chunk.timestamps[0]) * info.fps)
-                frames = resize_and_crop(chunk.frames, config.width, config.height)
-                waiting.extend(zip(frames, chunk.timestamps.tolist(), strict=True))
-                for flag in shots.push(frames):
-                    frame, timestamp = waiting.popleft()
-                    yield from hand_on(splitter.push(frame, timestamp, flag))
-                frames_seen += len(chunk)
-                last_time = float(chunk.timestamps[-1])
-            if start is not None and end is None:
-                _check_tail(local, info, last_time)
-            for flag in shots.finish():
+        last_time = None
+        for chunk in stream_frames(path, config.decode_chunk, start=start, end=end, info=info):
+            if frames_seen == 0 and start is not None:
+                first = round(float(chunk.timestamps[0]) * info.fps)
+            frames = resize_and_crop(chunk.frames, config.width, config.height)
+            waiting.extend(zip(frames, chunk.timestamps.tolist(), strict=True))
+            for flag in shots.push(frames):
                 frame, timestamp = waiting.popleft()
                 yield from hand_on(splitter.push(frame, timestamp, flag))
-            yield from hand_on(splitter.finish())
+            frames_seen += len(chunk)
+            last_time = float(chunk.timestamps[-1])
+        if start is not None and end is None:
+            _check_tail(path, info, last_time)
+        for flag in shots.finish():
+            frame, timestamp = waiting.popleft()
+            yield from hand_on(splitter.push(frame, timestamp, flag))
+        yield from hand_on(splitter.finish())
     except Exception as exc:  # permanent: recorded; clips emitted before the failure are kept
         if is_transient(exc):
             raise TransientError(f"split of {path}: {one_line(exc)}") from exc

@@ -3,7 +3,8 @@
 Layout of a corpus root::
 
     manifest/<video_id>/part-<segment>.parquet  clips table, one part per video segment
-    failures/part-<video_id>.parquet            what could not be used: path, stage, error
+    failures/part-<video_id>.parquet            what could not be used: path, stage, error (one
+                                                part per video, written by its pack task)
     duplicates/part-0.parquet                   clip_id → duplicate_of (near-duplicates)
     shards/<video_id>/<segment>.tar             the segment's clips: videos, lossless masks/disparity
     _rows/, _failures/, _videos/, _segments/    records the job writes as it goes, so a crashed
@@ -11,7 +12,9 @@ Layout of a corpus root::
     _job.json, _SUCCESS.json                    the build's settings; the last run's summary
 
 The clips table is a partitioned Parquet dataset: each part is written once, by the task that
-packs its segment, and never merged; readers open the folder as one dataset.
+packs its segment, and never merged; readers open the folder as one dataset. The failures
+table is partitioned the same way, by video: the video's pack task writes its part from the
+video's records, so the driver never reads or merges the table.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ __all__ = [
     "compact_video",
     "count_rows",
     "describe_corpus",
+    "failures_part_is_current",
     "format_failures",
     "load_manifest",
     "manifest_part",
@@ -142,22 +146,43 @@ def to_clip_table(records: list[dict]) -> pa.Table:
     return _to_table(records, CLIP_SCHEMA, _SORT["clips"])
 
 
+def _failure_records(root: str, vid: str) -> list[str]:
+    return storage.list_files(storage.join(root, "_failures", vid), (".json",), recursive=False)
+
+
+def _part_rows(part: str) -> int | None:
+    """Rows of a Parquet part from its footer; ``None`` if it does not exist."""
+    if not storage.exists(part):
+        return None
+    fs, inner = storage.open_filesystem(part)
+    with fs.open_input_file(inner) as handle:
+        return pq.ParquetFile(handle).metadata.num_rows
+
+
+def failures_part_is_current(root: str, vid: str) -> bool:
+    """Whether ``failures/part-<vid>.parquet`` holds every failure record of the video (no
+    records: no part). Records are only ever added, so a row count that matches is current."""
+    part = storage.join(root, "failures", f"part-{vid}.parquet")
+    records = len(_failure_records(root, vid))
+    rows = _part_rows(part)
+    return rows is None if records == 0 else rows == records
+
+
 def compact_video(root: str, table: str, vid: str) -> int:
     """Bring one video's part of the failures table up to date with its records; returns its
-    row count. (Clips are not compacted: the corpus job packs them, segment by segment.)"""
+    row count. The corpus job calls it in the task that packs the video (and on the driver only
+    for inputs that are not videos), never over the whole table. (Clips are not compacted: the
+    corpus job packs them, segment by segment.)"""
     if table != "failures":
         raise ValueError(f"only the failures table is compacted from records, not {table!r}")
-    folder, records_folder, schema = _TABLES[table]
+    folder, _, schema = _TABLES[table]
     part = storage.join(root, folder, f"part-{vid}.parquet")
-    paths = storage.list_files(storage.join(root, records_folder, vid), (".json",), recursive=False)
+    paths = _failure_records(root, vid)
     if not paths:
         storage.delete_file(part)
         return 0
-    if storage.exists(part):
-        fs, inner = storage.open_filesystem(part)
-        with fs.open_input_file(inner) as handle:
-            if pq.ParquetFile(handle).metadata.num_rows == len(paths):  # records are only ever added
-                return len(paths)
+    if _part_rows(part) == len(paths):  # records are only ever added
+        return len(paths)
     records = [json.loads(storage.read_bytes(p)) for p in paths]
     buffer = io.BytesIO()
     pq.write_table(_to_table(records, schema, _SORT[table]), buffer, compression="zstd")
@@ -166,7 +191,8 @@ def compact_video(root: str, table: str, vid: str) -> int:
 
 
 def compact_table(root: str, table: str = "failures", workers: int = 8) -> int:
-    """Bring ``failures/`` up to date with the per-record files; returns the table's row count.
+    """Bring all of ``failures/`` up to date with the per-record files; returns the table's row
+    count. A repair tool: the corpus job keeps each video's part current in the video's pack task.
 
     One Parquet part per source video (``part-<video_id>.parquet``, rows sorted by ID), built
     from that video's records alone: memory holds one video's rows whatever the corpus size,

@@ -1,7 +1,9 @@
 """Files on local disk or any pyarrow filesystem (``s3://``, ``gs://``, ``hdfs://``, ``file://``).
 
-Encoders and decoders need local files, so inputs are copied to a local temporary file and
-outputs are written locally and then uploaded. Every output lands under its final name in one
+Source videos are decoded straight from object storage by range (PyAV reads a seekable pyarrow
+file: :func:`spatialdreamer.video.probe.open_source`); other inputs that need a local file
+(decord, the shard files of a loose corpus) are copied to a local temporary file, and outputs
+are written locally and then uploaded. Every output lands under its final name in one
 step (rename on local disk, a single PUT on object stores), so a crash never leaves a
 half-written file that looks complete. Local temporary names start with a dot and end with
 ``.tmp-<random>``: readers (and pyarrow datasets) skip them, and :func:`remove_stale_temporaries`

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -13,7 +15,40 @@ from spatialdreamer.video.decode import DecodeStats, decode_tolerant
 from spatialdreamer.video.errors import VideoError
 from spatialdreamer.video.streams import display_size, is_still_image, main_video_stream, tail_end_times
 
-__all__ = ["VideoInfo", "probe_video"]
+__all__ = ["REMOTE_READ_BYTES", "VideoInfo", "open_source", "probe_video"]
+
+# FFmpeg reads a file opened through pyarrow in requests of this size (a range GET each on
+# object storage): large enough that a GET's latency does not dominate, small enough that a
+# seek into a long video fetches little more than the part that is decoded.
+REMOTE_READ_BYTES = 1 << 20
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path
+
+
+@contextlib.contextmanager
+def open_source(path: str) -> Iterator[tuple[object, dict]]:
+    """``(source, options)`` to pass to ``av.open(source, **options)`` for a local path or a URI.
+
+    A local path (or ``file://`` URI) is handed to FFmpeg as a path. Any other URI (``s3://``,
+    ``gs://``, ...) is opened as a seekable pyarrow file, closed on exit: FFmpeg reads only the
+    byte ranges it needs (index, seek targets, the decoded range) and nothing is downloaded
+    whole.
+    """
+    if not _is_uri(path):
+        yield path, {}
+        return
+    import pyarrow.fs as pafs
+
+    from spatialdreamer.data import storage
+
+    fs, inner = storage.open_filesystem(path)
+    if isinstance(fs, pafs.LocalFileSystem):
+        yield inner, {}
+        return
+    with fs.open_input_file(inner) as handle:
+        yield handle, {"buffer_size": REMOTE_READ_BYTES}
 
 
 @dataclass(frozen=True)
@@ -59,11 +94,29 @@ class VideoInfo:
 
 
 def _check_file(path: str) -> None:
+    if _is_uri(path):
+        _check_remote_file(path)
+        return
     if not os.path.exists(path):
         raise VideoError(path, "file not found")
     if os.path.isdir(path):
         raise VideoError(path, "is a directory, not a video file")
     if os.path.getsize(path) == 0:
+        raise VideoError(path, "file is empty")
+
+
+def _check_remote_file(path: str) -> None:
+    import pyarrow.fs as pafs
+
+    from spatialdreamer.data import storage
+
+    fs, inner = storage.open_filesystem(path)
+    info = fs.get_file_info(inner)
+    if info.type == pafs.FileType.NotFound:
+        raise VideoError(path, "file not found")
+    if info.type == pafs.FileType.Directory:
+        raise VideoError(path, "is a directory, not a video file")
+    if info.size == 0:
         raise VideoError(path, "file is empty")
 
 
@@ -75,13 +128,20 @@ PROBE_MAX_BAD_PACKETS = 1000
 def probe_video(path: str | os.PathLike, decode_check: bool = True) -> VideoInfo:
     """Read a video's metadata; with ``decode_check`` also decode its first good frame.
 
+    ``path`` is a local path or a URI (read by range, see :func:`open_source`).
+
     Raises:
         VideoError: missing/empty file, not a video, no video stream, or no decodable frame.
     """
     path = os.fspath(path)
     _check_file(path)
+    with open_source(path) as (source, options):
+        return _probe(path, source, options, decode_check)
+
+
+def _probe(path: str, source, options: dict, decode_check: bool) -> VideoInfo:
     try:
-        container = av.open(path)
+        container = av.open(source, **options)
     except av.error.EOFError as exc:
         raise VideoError(path, "has zero frames (the file ends before any video data)") from exc
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:

@@ -1,11 +1,14 @@
 """Frame reading: streaming decode in bounded chunks (PyAV) and random access (decord).
 
 Streaming keeps at most one chunk of frames in memory, whatever the video's length. Each
-backend falls back to the other when it is not installed or fails to open a file.
+backend falls back to the other when it is not installed or fails to open a file. A path may
+be a URI (``s3://``, ``gs://``, ...): PyAV then reads it by range through a seekable pyarrow
+file, so decoding a time range of a long remote video fetches about that range, not the file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -20,7 +23,7 @@ from av.video.reformatter import Interpolation
 from spatialdreamer.video.colour import colour_of_frame, sws_colorspace, sws_range
 from spatialdreamer.video.decode import DecodeStats, decode_tolerant
 from spatialdreamer.video.errors import VideoError
-from spatialdreamer.video.probe import VideoInfo, probe_video
+from spatialdreamer.video.probe import VideoInfo, open_source, probe_video
 
 __all__ = ["DecodeStats", "FrameChunk", "read_frames", "stream_frames"]
 
@@ -99,6 +102,7 @@ def stream_frames(
     ``stats.dropped``.
 
     Args:
+        path: a local path, or a URI read by range (see :func:`spatialdreamer.video.probe.open_source`).
         check_complete: raise :class:`VideoError` at the end if the frames clearly stop short
             of the video stream's length (a truncated file), instead of ending quietly.
         backend: "auto" (PyAV, decord on failure), "pyav" or "decord".
@@ -209,7 +213,7 @@ class _Decode:
         info, stats, start, end = self.info, self.stats, self.start, self.end
         tolerance = 0.5 / info.fps
         t0 = info.start_time
-        with av.open(self.path) as container:
+        with open_source(self.path) as (source, options), av.open(source, **options) as container:
             stream = container.streams.get(info.stream_index)[0]
             stream.thread_type = "AUTO"
             for other in container.streams:
@@ -260,17 +264,27 @@ def _has_decord() -> bool:
     return True
 
 
+@contextlib.contextmanager
 def _decord_reader(path: str):
+    """A decord reader (decord opens only local files: a URI is downloaded first)."""
     import decord
 
-    try:
-        return decord.VideoReader(path, ctx=decord.cpu(0))
-    except Exception as exc:  # decord raises its own DECORDError or RuntimeError
-        raise VideoError(path, f"decord cannot open it ({exc})") from exc
+    from spatialdreamer.data import storage
+
+    with storage.local_copy(path) if "://" in path else contextlib.nullcontext(path) as local:
+        try:
+            reader = decord.VideoReader(local, ctx=decord.cpu(0))
+        except Exception as exc:  # decord raises its own DECORDError or RuntimeError
+            raise VideoError(path, f"decord cannot open it ({exc})") from exc
+        yield reader
 
 
 def _stream_decord(path, chunk_size, start, end, info) -> Iterator[FrameChunk]:
-    reader = _decord_reader(path)
+    with _decord_reader(path) as reader:
+        yield from _decord_chunks(reader, path, chunk_size, start, end, info)
+
+
+def _decord_chunks(reader, path, chunk_size, start, end, info) -> Iterator[FrameChunk]:
     n = len(reader)
     first = round(start * info.fps) if start else 0
     last = min(n, round(end * info.fps)) if end else n
@@ -301,10 +315,10 @@ def read_frames(
     # decord reads the stream FFmpeg calls best, ignores the sample aspect ratio and converts
     # to RGB with FFmpeg's default rounding and BT.601: only when asked for
     if _has_decord() and backend == "decord":
-        reader = _decord_reader(path)
-        if max(indices) >= len(reader):
-            raise IndexError(f"frame {max(indices)} requested, video has {len(reader)} frames")
-        batch = _decord_upright(reader.get_batch(indices).asnumpy(), info)
+        with _decord_reader(path) as reader:
+            if max(indices) >= len(reader):
+                raise IndexError(f"frame {max(indices)} requested, video has {len(reader)} frames")
+            batch = _decord_upright(reader.get_batch(indices).asnumpy(), info)
         return torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()
     wanted = sorted(set(indices))
     found: dict[int, np.ndarray] = {}
