@@ -20,136 +20,145 @@ from spatialdreamer.dvg._warp_kernel import Kernels, njit
 __all__ = ["available", "context_u8", "inpaint_context", "paste_painted"]
 
 
-def _build(numba):
-    def row_sources(row, d, has_disp, bg_right, guard, x0, x1, near, blocked, band, source, left, right):
-        """For columns ``[x0, x1)`` of one row (``row``: its holes, ``d``: its disparity):
-        ``blocked[x]`` the hole or the foreground band beside it, ``source[x]`` the column its
-        context comes from (``x`` where not blocked, else the nearest unblocked column on the
-        background side, the farther one with disparity; -1 in a row with none). With
-        disparity, run twice: first to keep only the band pixels nearer than the background
-        they hide, then for the context itself. Returns whether the row has any hole."""
-        half = np.float32(0.5)
-        step = 1 if bg_right else -1
-        any_hole = False
-        # foreground band beside each hole: within `guard` columns of one
-        last_hole = -(1 << 40)
+# the kernels' code, compiled by _build (numba resolves ``_row_sources_jit`` when it compiles
+# them; a dispatcher held in a closure would make numba's disk cache miss every time)
+_row_sources_jit = None
+
+
+def _row_sources(row, d, has_disp, bg_right, guard, x0, x1, near, blocked, band, source, left, right):
+    """For columns ``[x0, x1)`` of one row (``row``: its holes, ``d``: its disparity):
+    ``blocked[x]`` the hole or the foreground band beside it, ``source[x]`` the column its
+    context comes from (``x`` where not blocked, else the nearest unblocked column on the
+    background side, the farther one with disparity; -1 in a row with none). With
+    disparity, run twice: first to keep only the band pixels nearer than the background
+    they hide, then for the context itself. Returns whether the row has any hole."""
+    half = np.float32(0.5)
+    step = 1 if bg_right else -1
+    any_hole = False
+    # foreground band beside each hole: within `guard` columns of one
+    last_hole = -(1 << 40)
+    for x in range(x0, x1):
+        if row[x]:
+            last_hole = x
+            any_hole = True
+        near[x] = x - last_hole <= guard
+    if not any_hole:
         for x in range(x0, x1):
-            if row[x]:
-                last_hole = x
-                any_hole = True
-            near[x] = x - last_hole <= guard
-        if not any_hole:
-            for x in range(x0, x1):
-                blocked[x] = False
-                source[x] = x
-            return False
-        last_hole = 1 << 40
+            blocked[x] = False
+            source[x] = x
+        return False
+    last_hole = 1 << 40
+    for x in range(x1 - 1, x0 - 1, -1):
+        if row[x]:
+            last_hole = x
+        near[x] = near[x] or last_hole - x <= guard
+    for x in range(x0, x1):
+        band[x] = near[x] and not row[x]
+    if not has_disp:  # the foreground is on the side opposite the background
+        for x in range(x0, x1):
+            if band[x]:
+                fg = False
+                for k in range(1, guard + 1):
+                    t = x + k * step
+                    if x0 <= t < x1 and row[t]:
+                        fg = True
+                band[x] = fg
+    for rep in range(2 if has_disp else 1):
+        for x in range(x0, x1):
+            blocked[x] = row[x] or band[x]
+        last = -1
+        for x in range(x0, x1):
+            if not blocked[x]:
+                last = x
+            left[x] = last
+        last = -1
         for x in range(x1 - 1, x0 - 1, -1):
-            if row[x]:
-                last_hole = x
-            near[x] = near[x] or last_hole - x <= guard
+            if not blocked[x]:
+                last = x
+            right[x] = last
         for x in range(x0, x1):
-            band[x] = near[x] and not row[x]
-        if not has_disp:  # the foreground is on the side opposite the background
+            lo, hi = left[x], right[x]
+            if not blocked[x]:
+                source[x] = x
+            elif hi >= 0 and (lo < 0 or (d[hi] <= d[lo] if has_disp else bg_right)):
+                source[x] = hi
+            else:
+                source[x] = lo
+        if has_disp and rep == 0:
             for x in range(x0, x1):
                 if band[x]:
-                    fg = False
-                    for k in range(1, guard + 1):
-                        t = x + k * step
-                        if x0 <= t < x1 and row[t]:
-                            fg = True
-                    band[x] = fg
-        for rep in range(2 if has_disp else 1):
-            for x in range(x0, x1):
-                blocked[x] = row[x] or band[x]
-            last = -1
-            for x in range(x0, x1):
-                if not blocked[x]:
-                    last = x
-                left[x] = last
-            last = -1
-            for x in range(x1 - 1, x0 - 1, -1):
-                if not blocked[x]:
-                    last = x
-                right[x] = last
-            for x in range(x0, x1):
-                lo, hi = left[x], right[x]
-                if not blocked[x]:
-                    source[x] = x
-                elif hi >= 0 and (lo < 0 or (d[hi] <= d[lo] if has_disp else bg_right)):
-                    source[x] = hi
-                else:
-                    source[x] = lo
-            if has_disp and rep == 0:
-                for x in range(x0, x1):
-                    if band[x]:
-                        band[x] = d[x] > d[max(source[x], 0)] + half
-        return True
+                    band[x] = d[x] > d[max(source[x], 0)] + half
+    return True
 
-    row_sources = njit(numba, row_sources)
 
-    def context(img, holes, disp, has_disp, bg_right, guard, means, out):
-        b_count, c, h, w = img.shape
-        half = np.float32(0.5)
-        scale = np.float32(255.0)
-        one = np.float32(1.0)
-        zero = np.float32(0.0)
-        near = np.empty(w, np.bool_)
-        blocked = np.empty(w, np.bool_)
-        band = np.empty(w, np.bool_)
-        source = np.empty(w, np.int64)
-        left = np.empty(w, np.int64)
-        right = np.empty(w, np.int64)
-        d = np.zeros(w, np.float32)
-        for b in range(b_count):
-            for y in range(h):
-                if has_disp:
-                    for x in range(w):
-                        d[x] = disp[b, y, x]
-                row_sources(
-                    holes[b, y], d, has_disp, bg_right, guard, 0, w, near, blocked, band, source, left, right
-                )
+def _context(img, holes, disp, has_disp, bg_right, guard, means, out):
+    b_count, c, h, w = img.shape
+    half = np.float32(0.5)
+    scale = np.float32(255.0)
+    one = np.float32(1.0)
+    zero = np.float32(0.0)
+    near = np.empty(w, np.bool_)
+    blocked = np.empty(w, np.bool_)
+    band = np.empty(w, np.bool_)
+    source = np.empty(w, np.int64)
+    left = np.empty(w, np.int64)
+    right = np.empty(w, np.int64)
+    d = np.zeros(w, np.float32)
+    for b in range(b_count):
+        for y in range(h):
+            if has_disp:
                 for x in range(w):
-                    s = source[x] if blocked[x] else x
-                    for ch in range(c):
-                        v = img[b, ch, y, s] if s >= 0 else means[b, ch]
-                        v = min(max(v, zero), one)
-                        out[b, y, x, ch] = np.uint8(v * scale + half)
-
-    def context_window(frame, holes, disp, bg_right, guard, y0, y1, x0, x1, out):
-        """``out[y - y0, x - x0]``: the context of ``uint8`` ``frame`` ``[H,W,C]`` in the window;
-        False when a row of it has a blocked pixel and no source (the frame's mean colour)."""
-        w = frame.shape[1]
-        c = frame.shape[2]
-        near = np.empty(w, np.bool_)
-        blocked = np.empty(w, np.bool_)
-        band = np.empty(w, np.bool_)
-        source = np.empty(w, np.int64)
-        left = np.empty(w, np.int64)
-        right = np.empty(w, np.int64)
-        for y in range(y0, y1):
-            row_sources(
-                holes[y], disp[y], True, bg_right, guard, x0, x1, near, blocked, band, source, left, right
+                    d[x] = disp[b, y, x]
+            _row_sources_jit(
+                holes[b, y], d, has_disp, bg_right, guard, 0, w, near, blocked, band, source, left, right
             )
-            for x in range(x0, x1):
-                s = source[x]
-                if s < 0:
-                    return False
+            for x in range(w):
+                s = source[x] if blocked[x] else x
                 for ch in range(c):
-                    out[y - y0, x - x0, ch] = frame[y, s, ch]
-        return True
+                    v = img[b, ch, y, s] if s >= 0 else means[b, ch]
+                    v = min(max(v, zero), one)
+                    out[b, y, x, ch] = np.uint8(v * scale + half)
 
-    def paste(out, painted, holes):
-        b_count, c, h, w = out.shape
-        scale = np.float32(255.0)
-        for b in range(b_count):
-            for y in range(h):
-                for x in range(w):
-                    if holes[b, y, x]:
-                        for ch in range(c):
-                            out[b, ch, y, x] = np.float32(painted[b, y, x, ch]) / scale
 
-    return njit(numba, context), njit(numba, paste), njit(numba, context_window)
+def _context_window(frame, holes, disp, bg_right, guard, y0, y1, x0, x1, out):
+    """``out[y - y0, x - x0]``: the context of ``uint8`` ``frame`` ``[H,W,C]`` in the window;
+    False when a row of it has a blocked pixel and no source (the frame's mean colour)."""
+    w = frame.shape[1]
+    c = frame.shape[2]
+    near = np.empty(w, np.bool_)
+    blocked = np.empty(w, np.bool_)
+    band = np.empty(w, np.bool_)
+    source = np.empty(w, np.int64)
+    left = np.empty(w, np.int64)
+    right = np.empty(w, np.int64)
+    for y in range(y0, y1):
+        _row_sources_jit(
+            holes[y], disp[y], True, bg_right, guard, x0, x1, near, blocked, band, source, left, right
+        )
+        for x in range(x0, x1):
+            s = source[x]
+            if s < 0:
+                return False
+            for ch in range(c):
+                out[y - y0, x - x0, ch] = frame[y, s, ch]
+    return True
+
+
+def _paste(out, painted, holes):
+    b_count, c, h, w = out.shape
+    scale = np.float32(255.0)
+    for b in range(b_count):
+        for y in range(h):
+            for x in range(w):
+                if holes[b, y, x]:
+                    for ch in range(c):
+                        out[b, ch, y, x] = np.float32(painted[b, y, x, ch]) / scale
+
+
+def _build(numba):
+    global _row_sources_jit
+    _row_sources_jit = njit(numba, _row_sources)
+    return njit(numba, _context), njit(numba, _paste), njit(numba, _context_window)
 
 
 _kernels = Kernels(_build)

@@ -150,7 +150,9 @@ class StereoRenderer:
         works only in windows around the holes (:func:`~spatialdreamer.stereo.fill.fill_holes_u8`).
         Returns False in the rare case the fill cannot (a row without any pixel to fill
         from): the caller renders with ``__call__`` then. Needs :meth:`renders_u8`."""
-        disparity = dilate_foreground(disparity, self.edge_dilation).float()
+        if min(self.edge_dilation) < 0:
+            raise ValueError(f"edge dilation radius must be >= 0 pixels, got {self.edge_dilation}")
+        disparity = _warp_kernel.dilate_cpu(disparity.float(), self.edge_dilation)
         w = frames.shape[-1]
         pad = min(w - 1, math.ceil(float(disparity.abs().amax())) + 2) if disparity.numel() else 0
         pool = _warp_kernel.pool()
