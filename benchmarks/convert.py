@@ -65,6 +65,11 @@ def _child(source: str, output: str, depth_model: str, fmt: str, eye: str) -> di
 
         tiny = forward_warp(torch.rand(1, 3, 8, 32), torch.full((1, 1, 8, 32), 3.0))
         fill_holes(tiny.image, tiny.holes, tiny.disparity)
+        from spatialdreamer.convert import render_layout
+        from spatialdreamer.stereo.render import StereoRenderer
+
+        frame = torch.rand(1, 3, 8, 32)
+        render_layout(StereoRenderer(), (frame * 255).byte(), frame, torch.full((1, 1, 8, 32), 3.0), fmt)
     except ImportError:
         pass
     startup = time.perf_counter() - warm

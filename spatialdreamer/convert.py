@@ -18,7 +18,10 @@ frames; :class:`_PairQueue` holds the source frames until their other eye is rea
 Decoding, depth, rendering (warp, fill, layout) and encoding run overlapped, each in its own
 thread with at most one chunk waiting between two of them
 (:func:`spatialdreamer.runtime.run_overlapped`), so a chunk is decoded while the one before
-it is warped and the one before that is encoded.
+it is warped and the one before that is encoded. On CPUs, with the classical fill and a full
+layout, the synthesized eyes are warped and filled straight into the ``uint8`` output frames
+(:func:`render_layout`: no float copy of an eye, no conversion or packing afterwards, the fill
+only around the holes), which the encoder then reads without a copy.
 """
 
 from __future__ import annotations
