@@ -65,6 +65,11 @@ def _child(source: str, output: str, depth_model: str, fmt: str, eye: str) -> di
 
         tiny = forward_warp(torch.rand(1, 3, 8, 32), torch.full((1, 1, 8, 32), 3.0))
         fill_holes(tiny.image, tiny.holes, tiny.disparity)
+        from spatialdreamer.convert import render_layout
+        from spatialdreamer.stereo.render import StereoRenderer
+
+        frame = torch.rand(1, 3, 8, 32)
+        render_layout(StereoRenderer(), (frame * 255).byte(), frame, torch.full((1, 1, 8, 32), 3.0), fmt)
     except ImportError:
         pass
     startup = time.perf_counter() - warm
@@ -89,6 +94,11 @@ def _profile_child(source: str, output: str, depth_model: str, fmt: str, eye: st
     """CPU seconds of each step of a conversion, run one after another (as ``convert_video``
     does them, with its default options: steady depth, edge dilation, ``eye``)."""
     from spatialdreamer.convert import ConvertOptions, pack_eyes
+
+    try:
+        from spatialdreamer.convert import render_layout
+    except ImportError:  # a --baseline checkout from before it
+        render_layout = None
     from spatialdreamer.depth import TemporalNormalizer, load_depth_estimator
     from spatialdreamer.stereo import ComfortBound, ConvergencePlanner, DepthStabilizer
     from spatialdreamer.stereo.render import StereoRenderer
@@ -127,8 +137,12 @@ def _profile_child(source: str, output: str, depth_model: str, fmt: str, eye: st
         normalized = step("normalise", normalizer, inverse)
         disparity = step("plan", planner, normalized)
         disparity = step("stabilise", stabilizer, image, disparity)
-        left, right = step("render", renderer, image, disparity)  # dilation, warp, fill
-        packed = step("compose", pack_eyes, chunk.frames, left, right, fmt)
+        packed = None
+        if render_layout is not None:  # straight into the output frames (warp, fill, layout)
+            packed = step("render", render_layout, renderer, chunk.frames, image, disparity, fmt)
+        if packed is None:
+            left, right = step("render", renderer, image, disparity)  # dilation, warp, fill
+            packed = step("compose", pack_eyes, chunk.frames, left, right, fmt)
         step("encode", writer.write, packed)
         frames += len(chunk.frames)
     step("encode", writer.close)  # the encoder's buffered frames
@@ -206,6 +220,8 @@ def main() -> None:
     parser.add_argument("--loads", nargs="+", type=int, default=[0, 1], help="busy processes beside the run")
     parser.add_argument("--baseline", metavar="DIR", help="another checkout to convert with, for comparison")
     parser.add_argument("--no-profile", action="store_true", help="skip the serial per-step CPU profile")
+    parser.add_argument("--source", metavar="VIDEO", help="convert this video instead of synth ones")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each code, interleaved")
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     parser.add_argument("--child-profile", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -222,7 +238,9 @@ def main() -> None:
         f"eye {args.eye}; "
         f"load average before: {load[0]:.1f} (1 min), {load[1]:.1f} (5 min)"
     )
-    codes = {"this checkout": None} | ({"baseline": args.baseline} if args.baseline else {})
+    # each child imports the code of its checkout, whatever is installed
+    codes = {"this checkout": str(Path(__file__).resolve().parents[1])}
+    codes |= {"baseline": args.baseline} if args.baseline else {}
     head = " ".join(f"{s:>7}" for s in STAGES)
     print(
         f"\n{'size':>9} {'video':>6} {'load':>4} {'code':>13} {'frames/s':>8} {'CPU s/f':>7} {'RSS MiB':>7}",
@@ -231,25 +249,30 @@ def main() -> None:
     print(f"   ms/frame per stage: {head}   kernel load s", flush=True)
     rows, profiles = [], []
     with tempfile.TemporaryDirectory() as tmp:
+        if args.source:
+            from spatialdreamer.video import probe_video
+
+            info = probe_video(args.source)
+            args.sizes, args.seconds = [f"{info.width}x{info.height}"], [info.duration]
         for size in args.sizes:
             width, height = (int(v) for v in size.split("x"))
             for seconds in args.seconds:
-                source = _looped_video(Path(tmp), seconds, width, height, args.fps)
+                source = args.source or _looped_video(Path(tmp), seconds, width, height, args.fps)
                 for busy in args.loads:
-                    for code, root in codes.items():
-                        env = dict(os.environ)
-                        if root is not None:
+                    for repeat in range(args.repeat):
+                        for code, root in codes.items():
+                            env = dict(os.environ)
                             env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
-                        output = str(Path(tmp) / f"out_{len(rows)}.mp4")
-                        tail = [str(source), output, args.depth_model, args.format, args.eye]
-                        r = _run([sys.executable, __file__, "--child", *tail], env, busy)
-                        key = {"size": size, "seconds": seconds, "busy": busy, "code": code}
-                        rows.append(key | r)
-                        _print_row(rows[-1])
-                        if not args.no_profile and seconds == args.seconds[0]:
-                            p = _run([sys.executable, __file__, "--child-profile", *tail], env, busy)
-                            profiles.append(key | p)
-                        Path(output).unlink(missing_ok=True)
+                            output = str(Path(tmp) / f"out_{len(rows)}.mp4")
+                            tail = [str(source), output, args.depth_model, args.format, args.eye]
+                            r = _run([sys.executable, __file__, "--child", *tail], env, busy)
+                            key = {"size": size, "seconds": seconds, "busy": busy, "code": code}
+                            rows.append(key | r)
+                            _print_row(rows[-1])
+                            if not args.no_profile and seconds == args.seconds[0] and repeat == 0:
+                                p = _run([sys.executable, __file__, "--child-profile", *tail], env, busy)
+                                profiles.append(key | p)
+                            Path(output).unlink(missing_ok=True)
     if profiles:
         _print_profiles(profiles)
     for size in args.sizes:

@@ -18,7 +18,10 @@ frames; :class:`_PairQueue` holds the source frames until their other eye is rea
 Decoding, depth, rendering (warp, fill, layout) and encoding run overlapped, each in its own
 thread with at most one chunk waiting between two of them
 (:func:`spatialdreamer.runtime.run_overlapped`), so a chunk is decoded while the one before
-it is warped and the one before that is encoded.
+it is warped and the one before that is encoded. On CPUs, with the classical fill and a full
+layout, the synthesized eyes are warped and filled straight into the ``uint8`` output frames
+(:func:`render_layout`: no float copy of an eye, no conversion or packing afterwards, the fill
+only around the holes), which the encoder then reads without a copy.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from spatialdreamer.choices import CODECS, PIX_FMTS
@@ -62,6 +66,7 @@ __all__ = [
     "convert_video",
     "output_path_for",
     "pack_eyes",
+    "render_layout",
 ]
 
 log = logging.getLogger(__name__)
@@ -407,6 +412,9 @@ def convert_video(
     def render_stage(item):
         chunk, frames, disparity, flags = item
         if refiner is None:
+            packed = render_layout(renderer, chunk.frames, frames, disparity, options.format, timings)
+            if packed is not None:
+                return chunk.timestamps, packed
             return chunk.timestamps, pack(chunk.frames, *renderer(frames, disparity))
         queue.add(chunk.frames, chunk.timestamps)
         ready = []
@@ -484,6 +492,47 @@ def pack_eyes(
     if fmt in ("full-sbs", "full-tb"):
         return compose(*[source if e is None else _to_uint8(e) for e in (left, right)], fmt)
     return _to_uint8(compose(*[source.float().div_(255.0) if e is None else e for e in (left, right)], fmt))
+
+
+def render_layout(
+    renderer: StereoRenderer,
+    source: torch.Tensor,
+    frames: torch.Tensor,
+    disparity: torch.Tensor,
+    fmt: str,
+    timings: dict[str, float] | None = None,
+) -> torch.Tensor | None:
+    """``pack_eyes(source, *renderer(frames, disparity), fmt)`` rendered straight into the
+    output frames where it can be (full layouts, CPU, :meth:`StereoRenderer.renders_u8`):
+    one ``uint8`` ``[T,H',W',3]`` buffer that the synthesized eyes are warped and filled into
+    and the source eye copied into, returned as ``[T,3,H',W']`` (a view of it, which the
+    encoder reads without a copy). The same pixels as ``pack_eyes``; ``None`` where it does
+    not apply (the caller packs then). ``timings["compose"]`` gets the buffer and the copy."""
+    if (
+        fmt not in ("full-sbs", "full-tb")
+        or source.device.type != "cpu"
+        or not isinstance(renderer, StereoRenderer)
+    ):
+        return None
+    if not renderer.renders_u8(frames):
+        return None
+    start = time.perf_counter()
+    b, _, h, w = source.shape
+    if fmt == "full-sbs":
+        out = np.empty((b, h, 2 * w, 3), np.uint8)
+        eyes = {"left": out[:, :, :w], "right": out[:, :, w:]}
+    else:
+        out = np.empty((b, 2 * h, w, 3), np.uint8)
+        eyes = {"left": out[:, :h], "right": out[:, h:]}
+    synthesized = renderer.shares()
+    for eye, view in eyes.items():
+        if eye not in synthesized:
+            view[...] = source.permute(0, 2, 3, 1).numpy()
+    if timings is not None:
+        timings["compose"] = timings.get("compose", 0.0) + time.perf_counter() - start
+    if not renderer.render_u8(frames, disparity, {eye: eyes[eye] for eye in synthesized}):
+        return None
+    return torch.from_numpy(out).permute(0, 3, 1, 2)
 
 
 def _to_uint8(frames: torch.Tensor) -> torch.Tensor:

@@ -50,3 +50,26 @@ def test_compiled_fill_keeps_valid_pixels_and_fills_every_hole(scenes):
     keep = ~warped.holes.expand_as(out)
     assert torch.equal(out[keep], warped.image[keep])
     assert float(out[~keep].min()) >= 0.0 and float(out[~keep].max()) <= 1.0
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_the_uint8_fill_in_windows_equals_the_float_fill_of_the_whole_frame(scenes, side):
+    """``fill_holes_u8`` (context and inpainting only around the holes, in place in uint8)
+    gives ``fill_holes``'s pixels as the output conversion rounds them."""
+    import numpy as np
+
+    from spatialdreamer.stereo.fill import fill_holes_u8
+
+    g = torch.Generator().manual_seed(2)
+    for scene in scenes:
+        warped = forward_warp(scene.left, scene.disparity * 3)
+        holes = warped.holes | (torch.rand(warped.holes.shape, generator=g) > 0.995)  # scattered ones
+        image = warped.image.masked_fill(holes, 0.0)
+        expected = fill_holes(image, holes, warped.disparity, background_side=side)
+        expected = expected.clamp(0, 1).mul(255.0).add(0.5).to(torch.uint8).permute(0, 2, 3, 1)
+        frames = (
+            image.clamp(0, 1).mul(255.0).add(0.5).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+        )
+        ok = fill_holes_u8(frames, holes[:, 0].numpy(), warped.disparity[:, 0].numpy(), background_side=side)
+        assert ok
+        assert np.array_equal(frames, expected.numpy())

@@ -201,3 +201,48 @@ def test_a_refined_left_eye_is_the_mirrored_right_eye_problem(eye):
     assert torch.equal(fill.seen[0], frames if eye == "right" else frames.flip(-1))
     with pytest.raises(ValueError, match="one eye"):
         RefinedEye(fill, "both")
+
+
+@pytest.mark.parametrize("fmt", ["full-sbs", "full-tb"])
+@pytest.mark.parametrize("eye", ["both", "right", "left"])
+def test_rendering_straight_into_the_output_frames_gives_the_pixels_of_the_float_path(scenes, eye, fmt):
+    """``render_layout`` (uint8 warp into the output buffer, fill in windows around the holes)
+    equals ``pack_eyes`` of the float eyes to the last bit; with noise disparity (many holes,
+    far apart and close together) and with a scene's own."""
+    pytest.importorskip("numba")
+    from spatialdreamer.convert import pack_eyes, render_layout
+
+    g = torch.Generator().manual_seed(1)
+    noise = torch.rand(2, 3, 40, 90, generator=g)
+    noise_disparity = (torch.rand(2, 1, 40, 90, generator=g) * 12).round() - 3
+    cases = [(noise, noise_disparity)] + [(s.left, s.disparity) for s in scenes]
+    for frames, disparity in cases:
+        renderer = StereoRenderer(eye)
+        source = (frames * 255 + 0.5).to(torch.uint8)
+        expected = pack_eyes(source, *renderer(frames, disparity), fmt)
+        packed = render_layout(renderer, source, frames, disparity, fmt)
+        assert packed is not None and packed.dtype == torch.uint8
+        assert torch.equal(packed, expected)
+
+
+def test_rendering_into_the_output_frames_steps_aside_where_it_cannot(monkeypatch):
+    """Half layouts and no inpainting take the float path; so does a frame with a row that
+    is all hole (the float fill gives it the frame's mean colour)."""
+    pytest.importorskip("numba")
+    import numpy as np
+
+    from spatialdreamer.convert import render_layout
+    from spatialdreamer.stereo import render
+    from spatialdreamer.stereo.fill import fill_holes_u8
+
+    frames = torch.rand(1, 3, 6, 40)
+    source = (frames * 255 + 0.5).to(torch.uint8)
+    disparity = torch.ones(1, 1, 6, 40)
+    assert render_layout(StereoRenderer("both"), source, frames, disparity, "half-sbs") is None
+    assert render_layout(StereoRenderer("both", inpaint=False), source, frames, disparity, "full-sbs") is None
+    pixels = np.zeros((1, 6, 40, 3), np.uint8)
+    holes = np.zeros((1, 6, 40), np.bool_)
+    holes[0, 2] = True
+    assert not fill_holes_u8(pixels, holes, np.zeros((1, 6, 40), np.float32))
+    monkeypatch.setattr(render, "fill_holes_u8", lambda *args, **kwargs: False)
+    assert render_layout(StereoRenderer("both"), source, frames, disparity, "full-sbs") is None

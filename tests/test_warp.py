@@ -315,3 +315,16 @@ def test_a_steep_disparity_ramp_opens_one_contiguous_disocclusion(backend, towar
     inner = [run for run in _hole_runs(holes) if run[0] > 0 and run[1] < w - 1]
     assert len(inner) == 1, f"alternating holes {inner}"
     assert inner[0][1] - inner[0][0] >= sum(fall) - 2  # the ramp's whole disocclusion
+
+
+@pytest.mark.parametrize("radius", [(0, 0), (2, 1), (1, 0), (0, 3), (5, 2), (40, 40)])
+def test_compiled_dilation_equals_dilate_foreground(radius):
+    pytest.importorskip("numba")
+    from spatialdreamer.dvg import _warp_kernel
+    from spatialdreamer.dvg.disparity import dilate_foreground
+
+    g = torch.Generator().manual_seed(3)
+    disparity = torch.randn(3, 1, 17, 33, generator=g) * 5
+    assert torch.equal(_warp_kernel.dilate_cpu(disparity, radius), dilate_foreground(disparity, radius))
+    wide = torch.randn(2, 1, 300, 400, generator=g)  # rows shared among threads
+    assert torch.equal(_warp_kernel.dilate_cpu(wide, radius, threads=2), dilate_foreground(wide, radius))

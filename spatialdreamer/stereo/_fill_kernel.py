@@ -5,6 +5,9 @@ The torch path builds the context in about thirty frame-sized ops (two backgroun
 propagations, each with cumulative maxima, flips and gathers); here each row is scanned a few
 times in place and the result is written straight into the ``uint8`` ``[H,W,C]`` layout that
 OpenCV's inpainting reads. Without numba the torch ops run.
+
+:func:`context_u8` builds the same context for a window of a ``uint8`` frame (the renderer's
+path that never leaves ``uint8``, :func:`spatialdreamer.stereo.fill.fill_holes_u8`).
 """
 
 from __future__ import annotations
@@ -12,117 +15,165 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from spatialdreamer.dvg._warp_kernel import load_numba, njit
+from spatialdreamer.dvg._warp_kernel import Kernels, njit
 
-__all__ = ["available", "inpaint_context", "paste_painted"]
-
-_kernel = None
-_import_error: str | None = None
+__all__ = ["available", "context_u8", "inpaint_context", "paste_painted"]
 
 
-def _compile():
-    global _kernel, _import_error
-    if _kernel is not None or _import_error is not None:
-        return _kernel
-    numba, _import_error = load_numba()
-    if numba is None:
-        return None
+# the kernels' code, compiled by _build (numba resolves ``_row_sources_jit`` when it compiles
+# them; a dispatcher held in a closure would make numba's disk cache miss every time)
+_row_sources_jit = None
 
-    def context(img, holes, disp, has_disp, bg_right, guard, means, out):
-        b_count, c, h, w = img.shape
-        half = np.float32(0.5)
-        scale = np.float32(255.0)
-        one = np.float32(1.0)
-        zero = np.float32(0.0)
-        near = np.empty(w, np.bool_)
-        blocked = np.empty(w, np.bool_)
-        band = np.empty(w, np.bool_)
-        source = np.empty(w, np.int64)
-        left = np.empty(w, np.int64)
-        right = np.empty(w, np.int64)
-        d = np.zeros(w, np.float32)
-        step = 1 if bg_right else -1
-        for b in range(b_count):
-            for y in range(h):
-                row = holes[b, y]
-                if has_disp:
-                    for x in range(w):
-                        d[x] = disp[b, y, x]
-                # foreground band beside each hole: within `guard` columns of one
-                last_hole = -(1 << 40)
+
+def _row_sources(row, d, has_disp, bg_right, guard, x0, x1, near, blocked, band, source, left, right):
+    """For columns ``[x0, x1)`` of one row (``row``: its holes, ``d``: its disparity):
+    ``blocked[x]`` the hole or the foreground band beside it, ``source[x]`` the column its
+    context comes from (``x`` where not blocked, else the nearest unblocked column on the
+    background side, the farther one with disparity; -1 in a row with none). With
+    disparity, run twice: first to keep only the band pixels nearer than the background
+    they hide, then for the context itself. Returns whether the row has any hole."""
+    half = np.float32(0.5)
+    step = 1 if bg_right else -1
+    any_hole = False
+    # foreground band beside each hole: within `guard` columns of one
+    last_hole = -(1 << 40)
+    for x in range(x0, x1):
+        if row[x]:
+            last_hole = x
+            any_hole = True
+        near[x] = x - last_hole <= guard
+    if not any_hole:
+        for x in range(x0, x1):
+            blocked[x] = False
+            source[x] = x
+        return False
+    last_hole = 1 << 40
+    for x in range(x1 - 1, x0 - 1, -1):
+        if row[x]:
+            last_hole = x
+        near[x] = near[x] or last_hole - x <= guard
+    for x in range(x0, x1):
+        band[x] = near[x] and not row[x]
+    if not has_disp:  # the foreground is on the side opposite the background
+        for x in range(x0, x1):
+            if band[x]:
+                fg = False
+                for k in range(1, guard + 1):
+                    t = x + k * step
+                    if x0 <= t < x1 and row[t]:
+                        fg = True
+                band[x] = fg
+    for rep in range(2 if has_disp else 1):
+        for x in range(x0, x1):
+            blocked[x] = row[x] or band[x]
+        last = -1
+        for x in range(x0, x1):
+            if not blocked[x]:
+                last = x
+            left[x] = last
+        last = -1
+        for x in range(x1 - 1, x0 - 1, -1):
+            if not blocked[x]:
+                last = x
+            right[x] = last
+        for x in range(x0, x1):
+            lo, hi = left[x], right[x]
+            if not blocked[x]:
+                source[x] = x
+            elif hi >= 0 and (lo < 0 or (d[hi] <= d[lo] if has_disp else bg_right)):
+                source[x] = hi
+            else:
+                source[x] = lo
+        if has_disp and rep == 0:
+            for x in range(x0, x1):
+                if band[x]:
+                    band[x] = d[x] > d[max(source[x], 0)] + half
+    return True
+
+
+def _context(img, holes, disp, has_disp, bg_right, guard, means, out):
+    b_count, c, h, w = img.shape
+    half = np.float32(0.5)
+    scale = np.float32(255.0)
+    one = np.float32(1.0)
+    zero = np.float32(0.0)
+    near = np.empty(w, np.bool_)
+    blocked = np.empty(w, np.bool_)
+    band = np.empty(w, np.bool_)
+    source = np.empty(w, np.int64)
+    left = np.empty(w, np.int64)
+    right = np.empty(w, np.int64)
+    d = np.zeros(w, np.float32)
+    for b in range(b_count):
+        for y in range(h):
+            if has_disp:
                 for x in range(w):
-                    if row[x]:
-                        last_hole = x
-                    near[x] = x - last_hole <= guard
-                last_hole = 1 << 40
-                for x in range(w - 1, -1, -1):
-                    if row[x]:
-                        last_hole = x
-                    near[x] = near[x] or last_hole - x <= guard
-                for x in range(w):
-                    band[x] = near[x] and not row[x]
-                if not has_disp:  # the foreground is on the side opposite the background
-                    for x in range(w):
-                        if band[x]:
-                            fg = False
-                            for k in range(1, guard + 1):
-                                t = x + k * step
-                                if 0 <= t < w and row[t]:
-                                    fg = True
-                            band[x] = fg
-                # source[x]: x where not blocked, else the nearest unblocked column on the
-                # background side (the farther one with disparity), -1 in a row with none;
-                # with disparity, run twice: first to keep only the band pixels nearer than
-                # the background they hide, then for the context itself
-                for rep in range(2 if has_disp else 1):
-                    for x in range(w):
-                        blocked[x] = row[x] or band[x]
-                    last = -1
-                    for x in range(w):
-                        if not blocked[x]:
-                            last = x
-                        left[x] = last
-                    last = -1
-                    for x in range(w - 1, -1, -1):
-                        if not blocked[x]:
-                            last = x
-                        right[x] = last
-                    for x in range(w):
-                        lo, hi = left[x], right[x]
-                        if not blocked[x]:
-                            source[x] = x
-                        elif hi >= 0 and (lo < 0 or (d[hi] <= d[lo] if has_disp else bg_right)):
-                            source[x] = hi
-                        else:
-                            source[x] = lo
-                    if has_disp and rep == 0:
-                        for x in range(w):
-                            if band[x]:
-                                band[x] = d[x] > d[max(source[x], 0)] + half
-                for x in range(w):
-                    s = source[x] if blocked[x] else x
+                    d[x] = disp[b, y, x]
+            _row_sources_jit(
+                holes[b, y], d, has_disp, bg_right, guard, 0, w, near, blocked, band, source, left, right
+            )
+            for x in range(w):
+                s = source[x] if blocked[x] else x
+                for ch in range(c):
+                    v = img[b, ch, y, s] if s >= 0 else means[b, ch]
+                    v = min(max(v, zero), one)
+                    out[b, y, x, ch] = np.uint8(v * scale + half)
+
+
+def _context_window(frame, holes, disp, bg_right, guard, y0, y1, x0, x1, out):
+    """``out[y - y0, x - x0]``: the context of ``uint8`` ``frame`` ``[H,W,C]`` in the window;
+    False when a row of it has a blocked pixel and no source (the frame's mean colour)."""
+    w = frame.shape[1]
+    c = frame.shape[2]
+    near = np.empty(w, np.bool_)
+    blocked = np.empty(w, np.bool_)
+    band = np.empty(w, np.bool_)
+    source = np.empty(w, np.int64)
+    left = np.empty(w, np.int64)
+    right = np.empty(w, np.int64)
+    for y in range(y0, y1):
+        _row_sources_jit(
+            holes[y], disp[y], True, bg_right, guard, x0, x1, near, blocked, band, source, left, right
+        )
+        for x in range(x0, x1):
+            s = source[x]
+            if s < 0:
+                return False
+            for ch in range(c):
+                out[y - y0, x - x0, ch] = frame[y, s, ch]
+    return True
+
+
+def _paste(out, painted, holes):
+    b_count, c, h, w = out.shape
+    scale = np.float32(255.0)
+    for b in range(b_count):
+        for y in range(h):
+            for x in range(w):
+                if holes[b, y, x]:
                     for ch in range(c):
-                        v = img[b, ch, y, s] if s >= 0 else means[b, ch]
-                        v = min(max(v, zero), one)
-                        out[b, y, x, ch] = np.uint8(v * scale + half)
+                        out[b, ch, y, x] = np.float32(painted[b, y, x, ch]) / scale
 
-    def paste(out, painted, holes):
-        b_count, c, h, w = out.shape
-        scale = np.float32(255.0)
-        for b in range(b_count):
-            for y in range(h):
-                for x in range(w):
-                    if holes[b, y, x]:
-                        for ch in range(c):
-                            out[b, ch, y, x] = np.float32(painted[b, y, x, ch]) / scale
 
-    _kernel = (njit(numba, context), njit(numba, paste))
-    return _kernel
+def _build(numba):
+    global _row_sources_jit
+    _row_sources_jit = njit(numba, _row_sources)
+    return njit(numba, _context), njit(numba, _paste), njit(numba, _context_window)
+
+
+_kernels = Kernels(_build)
 
 
 def available() -> bool:
     """Whether the compiled kernel can run here (numba importable and not disabled)."""
-    return _compile() is not None
+    return _kernels.get() is not None
+
+
+def _get():
+    kernels = _kernels.get()
+    if kernels is None:
+        raise RuntimeError(f"the compiled fill kernel is unavailable: {_kernels.reason}")
+    return kernels
 
 
 def inpaint_context(
@@ -135,9 +186,7 @@ def inpaint_context(
     """``uint8`` ``[B,H,W,C]`` context for the inpainting of float32 CPU ``image`` ``[B,C,H,W]``
     with bool ``holes`` ``[B,1,H,W]``: hole pixels and the foreground band beside them carry
     the background fill, everything else the image (as ``fill_holes``'s torch ops make it)."""
-    kernel = _compile()
-    if kernel is None:
-        raise RuntimeError(f"the compiled fill kernel is unavailable: {_import_error}")
+    kernel = _get()[0]
     b, c, h, w = image.shape
     img = image.detach().contiguous().numpy()
     hol = holes.contiguous().view(b, h, w).numpy()
@@ -149,18 +198,36 @@ def inpaint_context(
     )
     means = image.mean(dim=(-2, -1)).contiguous().numpy()  # for rows without any valid pixel
     out = np.empty((b, h, w, c), np.uint8)
-    kernel[0](img, hol, disp, has_disp, background_right, int(guard), means, out)
+    kernel(img, hol, disp, has_disp, background_right, int(guard), means, out)
     return out
+
+
+def context_u8(
+    frame: np.ndarray,
+    holes: np.ndarray,
+    disparity: np.ndarray,
+    background_right: bool,
+    guard: int,
+    window: tuple[int, int, int, int],
+) -> np.ndarray | None:
+    """The inpainting context (as :func:`inpaint_context` makes it) of the ``window``
+    ``(y0, y1, x0, x1)`` of ``uint8`` ``frame`` ``[H,W,C]`` with bool ``holes`` and float32
+    ``disparity`` ``[H,W]``: ``uint8`` ``[y1-y0, x1-x0, C]``. Equal to the whole frame's
+    context there when the window reaches more than ``guard + 1`` columns past every hole of
+    its rows (or the frame's edge). ``None`` when a row has no pixel to fill from (the whole
+    frame's context would take the frame's mean colour there)."""
+    y0, y1, x0, x1 = window
+    out = np.empty((y1 - y0, x1 - x0, frame.shape[2]), np.uint8)
+    ok = _get()[2](frame, holes, disparity, background_right, int(guard), y0, y1, x0, x1, out)
+    return out if ok else None
 
 
 def paste_painted(image: torch.Tensor, painted: np.ndarray, holes: torch.Tensor) -> torch.Tensor:
     """A copy of float32 CPU ``image`` ``[B,C,H,W]`` with the ``uint8`` ``[B,H,W,C]`` ``painted``
     pixels (scaled to [0, 1]) in its ``holes``: ``torch.where(holes, painted / 255, image)``
     without the frame-sized temporaries."""
-    kernel = _compile()
-    if kernel is None:
-        raise RuntimeError(f"the compiled fill kernel is unavailable: {_import_error}")
+    kernel = _get()[1]
     b, _, h, w = image.shape
     out = image.detach().clone(memory_format=torch.contiguous_format)
-    kernel[1](out.numpy(), np.ascontiguousarray(painted), holes.contiguous().view(b, h, w).numpy())
+    kernel(out.numpy(), np.ascontiguousarray(painted), holes.contiguous().view(b, h, w).numpy())
     return out

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from spatialdreamer.stereo import _fill_kernel
 
-__all__ = ["fill_holes", "propagate_background"]
+__all__ = ["fill_holes", "fill_holes_u8", "propagate_background"]
 
 
 def _nearest_valid(valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,3 +165,86 @@ def _inpaint_frames(pixels: np.ndarray, masks: np.ndarray, radius: int) -> np.nd
         return np.stack([one(i) for i in range(len(pixels))])
     with ThreadPoolExecutor(workers) as pool:
         return np.stack(list(pool.map(one, range(len(pixels)))))
+
+
+def _windows(holes: np.ndarray, margin: int) -> list[tuple[int, int, int, int]]:
+    """``(y0, y1, x0, x1)`` windows around the holes of one ``[H,W]`` frame, ``margin`` pixels
+    past them (within the frame): one per band of rows with holes, bands more than
+    ``2 * margin`` rows apart kept apart."""
+    h, w = holes.shape
+    rows = np.flatnonzero(holes.any(1))
+    if rows.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(rows) > 2 * margin)
+    out = []
+    for first, last in zip(np.r_[0, breaks + 1], np.r_[breaks, rows.size - 1], strict=True):
+        ya, yb = int(rows[first]), int(rows[last]) + 1
+        cols = np.flatnonzero(holes[ya:yb].any(0))
+        out.append(
+            (
+                max(0, ya - margin),
+                min(h, yb + margin),
+                max(0, int(cols[0]) - margin),
+                min(w, int(cols[-1]) + 1 + margin),
+            )
+        )
+    return out
+
+
+def fill_holes_u8(
+    frames: np.ndarray,
+    holes: np.ndarray,
+    disparity: np.ndarray,
+    *,
+    background_side: Literal["right", "left"] = "right",
+    inpaint_radius: int = 3,
+    guard: int = 2,
+    pool=None,
+) -> bool:
+    """:func:`fill_holes` (with inpainting and disparity) of ``uint8`` frames, in place: the
+    same pixels as ``fill_holes`` of the frames in [0, 1], converted back with
+    ``clamp(0, 1) * 255 + 0.5``, computed only in windows around the holes.
+
+    Args:
+        frames: ``uint8`` ``[B,H,W,C]`` (any strides, e.g. one eye of a side-by-side frame).
+        holes: bool ``[B,H,W]``; disparity: float32 ``[B,H,W]`` of the warped view.
+        pool: an executor to spread the frames over (else one after another).
+
+    Returns False, with nothing changed, when a frame has a row without any pixel to fill
+    from (``fill_holes`` gives that row the frame's mean colour): the caller takes the float
+    path. Telea's inpainting reads ``inpaint_radius`` (+1) pixels around a hole and the
+    context ``guard`` + 1 columns, so a window ``2 * inpaint_radius + guard + 4`` pixels past
+    the holes gives the whole frame's result (bands of rows further apart than two such
+    margins do not see each other).
+    """
+    margin = 2 * inpaint_radius + guard + 4
+    bg_right = background_side == "right"
+    disparity = np.ascontiguousarray(disparity, dtype=np.float32)
+
+    def context(i: int):
+        pieces = []
+        for window in _windows(holes[i], margin):
+            pixels = _fill_kernel.context_u8(frames[i], holes[i], disparity[i], bg_right, guard, window)
+            if pixels is None:
+                return None
+            pieces.append((window, pixels))
+        return pieces
+
+    def paint(i: int, pieces) -> None:
+        for (y0, y1, x0, x1), pixels in pieces:
+            mask = holes[i, y0:y1, x0:x1]
+            painted = cv2.inpaint(
+                pixels, np.ascontiguousarray(mask, np.uint8), inpaint_radius, cv2.INPAINT_TELEA
+            )
+            np.copyto(frames[i, y0:y1, x0:x1], painted, where=mask[..., None])
+
+    indices = range(len(frames))
+    contexts = list(pool.map(context, indices)) if pool is not None else [context(i) for i in indices]
+    if any(c is None for c in contexts):
+        return False
+    if pool is not None:
+        list(pool.map(paint, indices, contexts))
+    else:
+        for i in indices:
+            paint(i, contexts[i])
+    return True

@@ -20,14 +20,16 @@ import math
 import time
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from spatialdreamer.choices import EYES
-from spatialdreamer.dvg import forward_warp
+from spatialdreamer.dvg import _warp_kernel, forward_warp
 from spatialdreamer.dvg.disparity import dilate_foreground
 from spatialdreamer.dvg.warp import WarpResult
-from spatialdreamer.stereo.fill import fill_holes
+from spatialdreamer.stereo import _fill_kernel
+from spatialdreamer.stereo.fill import fill_holes, fill_holes_u8
 
 __all__ = ["EYES", "RefinedEye", "StereoRenderer", "warp_with_borders"]
 
@@ -123,6 +125,55 @@ class StereoRenderer:
             self.timings["warp"] += middle - start
             self.timings["fill"] += time.perf_counter() - middle
         return out.get("left"), out.get("right")
+
+    def renders_u8(self, frames: torch.Tensor) -> bool:
+        """Whether :meth:`render_u8` can render ``frames``: float32 on the CPU, no gradient,
+        the compiled kernels available, inpainting on."""
+        return (
+            self.inpaint
+            and frames.device.type == "cpu"
+            and frames.dtype == torch.float32
+            and frames.ndim == 4
+            and frames.shape[1] == 3
+            and frames.shape[-1] >= 2
+            and not (torch.is_grad_enabled() and frames.requires_grad)
+            and _warp_kernel.available()
+            and _fill_kernel.available()
+        )
+
+    def render_u8(self, frames: torch.Tensor, disparity: torch.Tensor, out: dict[str, np.ndarray]) -> bool:
+        """The synthesized eyes of :meth:`__call__` written straight into ``uint8`` frames:
+        ``out[eye]`` ``[B,H,W,3]`` (any strides: e.g. one half of a side-by-side frame) for
+        each eye of :meth:`shares`, the same pixels as ``__call__``'s float eyes converted with
+        ``clamp(0, 1) * 255 + 0.5``. One compiled pass per row warps the frame mirrored outwards
+        without making it (no float copy of the eye, no conversion afterwards) and the fill
+        works only in windows around the holes (:func:`~spatialdreamer.stereo.fill.fill_holes_u8`).
+        Returns False in the rare case the fill cannot (a row without any pixel to fill
+        from): the caller renders with ``__call__`` then. Needs :meth:`renders_u8`."""
+        if min(self.edge_dilation) < 0:
+            raise ValueError(f"edge dilation radius must be >= 0 pixels, got {self.edge_dilation}")
+        disparity = _warp_kernel.dilate_cpu(disparity.float(), self.edge_dilation)
+        w = frames.shape[-1]
+        pad = min(w - 1, math.ceil(float(disparity.abs().amax())) + 2) if disparity.numel() else 0
+        pool = _warp_kernel.pool()
+        for eye, share in self.shares().items():
+            start = time.perf_counter()
+            holes, warped_disparity = _warp_kernel.warp_rows_u8_cpu(
+                frames, disparity, share, pad, eye == "left", out[eye]
+            )
+            middle = time.perf_counter()
+            ok = fill_holes_u8(
+                out[eye],
+                holes,
+                warped_disparity,
+                background_side="right" if eye == "right" else "left",
+                pool=pool,
+            )
+            self.timings["warp"] += middle - start
+            self.timings["fill"] += time.perf_counter() - middle
+            if not ok:
+                return False
+        return True
 
 
 class RefinedEye:
