@@ -299,6 +299,8 @@ def convert_video(
     if out_path.exists() and not options.overwrite:
         raise OutputExistsError(out_path)
     codec, pix_fmt = _encoding(out_path, info, options) if not info.is_image else ("png", "rgb24")
+    # a source of more than 8 bits written with more than 8 keeps them all the way through
+    deep = pix_fmt.endswith(("10le", "12le")) and info.bit_depth > 8
     for leftover in leftover_temporaries(out_path):  # a killed run cannot clean up after itself
         log.info("removing %s, left by an interrupted run", leftover)
         leftover.unlink(missing_ok=True)
@@ -379,8 +381,8 @@ def convert_video(
     def depth_stage(chunk):
         """Its busy time is counted by ``run_overlapped`` as "depth" (the cut detector's share
         is taken out at the end)."""
-        flags = timed("cuts", cuts, chunk.frames)
-        frames = chunk.frames.to(device).float().div_(255.0)
+        flags = timed("cuts", cuts, _eight_bits(chunk.frames))
+        frames = chunk.frames.to(device).float().div_(_peak(chunk.frames))
         disparity = None
         for a, b, is_cut in _segments(flags):
             if is_cut:
@@ -445,7 +447,13 @@ def convert_video(
     def source_chunks():
         try:
             yield from stream_frames(
-                source, options.chunk_size, start=decode_start, end=end, info=info, stats=stats
+                source,
+                options.chunk_size,
+                start=decode_start,
+                end=end,
+                info=info,
+                stats=stats,
+                high_bit_depth=deep,
             )
         except VideoError as exc:
             if not (resumed and exc.reason == "no frames in the requested range"):
@@ -486,12 +494,14 @@ def convert_video(
 def pack_eyes(
     source: torch.Tensor, left: torch.Tensor | None, right: torch.Tensor | None, fmt: str
 ) -> torch.Tensor:
-    """One output frame per source frame in layout ``fmt``: ``source`` ``uint8`` as decoded,
-    ``left``/``right`` float in [0, 1], ``None`` for the eye that is the source. Full layouts
-    take the source eye as decoded (no round trip through float)."""
+    """One output frame per source frame in layout ``fmt``: ``source`` ``uint8`` (or ``uint16``
+    for a deep source) as decoded, ``left``/``right`` float in [0, 1], ``None`` for the eye
+    that is the source; the result has the source's dtype. Full layouts take the source eye as
+    decoded (no round trip through float)."""
     if fmt in ("full-sbs", "full-tb"):
-        return compose(*[source if e is None else _to_uint8(e) for e in (left, right)], fmt)
-    return _to_uint8(compose(*[source.float().div_(255.0) if e is None else e for e in (left, right)], fmt))
+        return compose(*[source if e is None else _quantize(e, source.dtype) for e in (left, right)], fmt)
+    eyes = [source.float().div_(_peak(source)) if e is None else e for e in (left, right)]
+    return _quantize(compose(*eyes, fmt), source.dtype)
 
 
 def render_layout(
@@ -510,6 +520,7 @@ def render_layout(
     not apply (the caller packs then). ``timings["compose"]`` gets the buffer and the copy."""
     if (
         fmt not in ("full-sbs", "full-tb")
+        or source.dtype != torch.uint8
         or source.device.type != "cpu"
         or not isinstance(renderer, StereoRenderer)
     ):
@@ -535,8 +546,22 @@ def render_layout(
     return torch.from_numpy(out).permute(0, 3, 1, 2)
 
 
-def _to_uint8(frames: torch.Tensor) -> torch.Tensor:
-    return frames.clamp(0.0, 1.0).mul_(255.0).add_(0.5).to(torch.uint8)
+def _peak(frames: torch.Tensor) -> float:
+    """The value of white in decoded frames: 255 (uint8) or 65535 (uint16, a deep source)."""
+    return 65535.0 if frames.dtype == torch.uint16 else 255.0
+
+
+def _quantize(frames: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Float frames in [0, 1] to ``dtype`` (uint8 or uint16), rounded to nearest."""
+    peak = 65535.0 if dtype == torch.uint16 else 255.0
+    return frames.clamp(0.0, 1.0).mul_(peak).add_(0.5).to(dtype)
+
+
+def _eight_bits(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 frames for the stages that look at the picture coarsely (cut detection)."""
+    if frames.dtype == torch.uint8:
+        return frames
+    return frames.float().div_(257.0).round_().to(torch.uint8)
 
 
 def _disparity(frames, estimator, normalizer, stabilizer, planner) -> torch.Tensor:

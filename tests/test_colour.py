@@ -141,3 +141,32 @@ def test_h265_in_mp4_is_tagged_hvc1_and_x265_stays_quiet(tmp_path, capfd):
         assert container.streams.video[0].codec_tag == "hvc1"
     err = capfd.readouterr().err
     assert "x265 [info]" not in err
+
+
+def _ramp_source(path, width: int = 256, height: int = 32, frames: int = 3):
+    """A grey ramp over 0.3-0.5 written losslessly at 10 bits: about 200 levels where 8 bits
+    have about 50."""
+    ramp = np.linspace(0.3, 0.5, width, dtype=np.float32)
+    rgb = torch.from_numpy(np.broadcast_to(ramp, (frames, 3, height, width)).copy())
+    with VideoWriter(path, 24.0, pix_fmt="yuv420p10le", crf=0, preset="ultrafast") as writer:
+        writer.write(rgb)
+    return path
+
+
+def _levels(path, half: slice) -> int:
+    """Distinct green values along the middle row of the first frame, at 16-bit scale."""
+    frames = next(iter(stream_frames(path, 1, high_bit_depth=True))).frames
+    assert frames.dtype == torch.uint16
+    return len(np.unique(frames[0, 1, frames.shape[2] // 2, half].numpy()))
+
+
+def test_a_ten_bit_source_keeps_its_gradations_through_the_conversion(tmp_path):
+    source = _ramp_source(tmp_path / "ramp10.mkv")
+    assert _levels(source, slice(None)) > 150  # 8 bits would give at most 52 here
+    eight = next(iter(stream_frames(source, 1))).frames
+    assert eight.dtype == torch.uint8  # 8 bits unless asked for more
+    out = tmp_path / "ramp_sbs.mkv"
+    args = ["--depth-model", "parallax", "--crf", "0", "--quiet"]
+    assert main(["convert", str(source), str(out), *args]) == 0
+    for half in (slice(8, 120), slice(264, 376)):  # inside each eye, away from the borders
+        assert _levels(out, half) > 60  # the source has 77 there; processed at 8 bits: 23-28

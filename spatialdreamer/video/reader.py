@@ -39,8 +39,9 @@ _BICUBIC = Interpolation.BICUBIC | _ACCURATE
 
 @dataclass
 class FrameChunk:
-    """Consecutive frames: ``frames`` ``[T,3,H,W]`` uint8 RGB (upright, square pixels, every
-    frame at the first frame's size), ``timestamps`` ``[T]`` float64 seconds from the stream's
+    """Consecutive frames: ``frames`` ``[T,3,H,W]`` uint8 RGB (``uint16``, 0–65535, when more
+    bits were asked for and the source has them; upright, square pixels, every frame at the
+    first frame's size), ``timestamps`` ``[T]`` float64 seconds from the stream's
     start (variable frame rate kept), ``start_index`` the index of the first frame in the
     decoded sequence, ``dropped`` the undecodable frames skipped so far (cumulative)."""
 
@@ -92,6 +93,7 @@ def stream_frames(
     backend: str = "auto",
     check_complete: bool = True,
     stats: DecodeStats | None = None,
+    high_bit_depth: bool = False,
 ) -> Iterator[FrameChunk]:
     """Decode ``[start, end)`` seconds of a video in chunks of ``chunk_size`` frames.
 
@@ -107,6 +109,9 @@ def stream_frames(
             of the video stream's length (a truncated file), instead of ending quietly.
         backend: "auto" (PyAV, decord on failure), "pyav" or "decord".
         stats: filled in as decoding goes (frames decoded, dropped, rescaled).
+        high_bit_depth: frames as ``uint16`` when the source has more than 8 bits per sample
+            (``info.bit_depth``), so a 10-bit video keeps its gradations; 8-bit sources, and
+            the decord fallback, give ``uint8`` whatever this says.
     """
     path = os.fspath(path)
     if chunk_size < 1:
@@ -117,7 +122,8 @@ def stream_frames(
     stats = stats if stats is not None else DecodeStats()
     if backend in ("auto", "pyav"):
         try:
-            yield from _stream_pyav(path, chunk_size, start, end, info, check_complete, stats)
+            deep = high_bit_depth and info.bit_depth > 8
+            yield from _stream_pyav(path, chunk_size, start, end, info, check_complete, stats, deep)
             return
         except VideoError:
             raise
@@ -137,10 +143,10 @@ def _one_line(exc: Exception) -> str:
 _SEEK_BACKOFF = (0.0, 1.0, 5.0, 30.0, None)
 
 
-def _stream_pyav(path, chunk_size, start, end, info, check_complete, stats) -> Iterator[FrameChunk]:
+def _stream_pyav(path, chunk_size, start, end, info, check_complete, stats, deep) -> Iterator[FrameChunk]:
     for back in _SEEK_BACKOFF if start else (None,):
         stats.reset()
-        state = _Decode(path, chunk_size, start, end, info, stats, seek_back=back)
+        state = _Decode(path, chunk_size, start, end, info, stats, seek_back=back, deep=deep)
         yield from state.run()
         if not state.retry:
             break
@@ -181,9 +187,12 @@ class _Decode:
     """One decoding pass; ``retry`` is set when a seek landed after ``start`` before any frame
     was handed out, so the caller tries again from further back."""
 
-    def __init__(self, path, chunk_size, start, end, info: VideoInfo, stats: DecodeStats, seek_back):
+    def __init__(
+        self, path, chunk_size, start, end, info: VideoInfo, stats: DecodeStats, seek_back, deep=False
+    ):
         self.path, self.chunk_size, self.start, self.end = path, chunk_size, start, end
         self.info, self.stats, self.seek_back = info, stats, seek_back
+        self.format = "rgb48le" if deep else "rgb24"
         self.retry = False
         self.index = 0
         self.last_ts: float | None = None
@@ -199,13 +208,13 @@ class _Decode:
         colour = colour_of_frame(frame, self.info.width, self.info.height)
         matrix = {"src_colorspace": sws_colorspace(colour.matrix), "src_color_range": sws_range(colour)}
         if size == self.size:
-            array = frame.to_ndarray(format="rgb24", interpolation=_EXACT, **matrix)
+            array = frame.to_ndarray(format=self.format, interpolation=_EXACT, **matrix)
         else:
             if self.coded != (0, 0) and size != self.coded:
                 self.stats.rescaled += 1
             width, height = self.size
             array = frame.to_ndarray(
-                format="rgb24", width=width, height=height, interpolation=_BICUBIC, **matrix
+                format=self.format, width=width, height=height, interpolation=_BICUBIC, **matrix
             )
         return _upright(array, self.info.rotation)
 

@@ -127,11 +127,14 @@ def _temp_path(path: Path) -> Path:
     return sibling_path(path, "partial")
 
 
-def _as_uint8_rgb(frames: torch.Tensor) -> np.ndarray:
+def _rgb_pixels(frames: torch.Tensor, deep: bool) -> np.ndarray:
+    """``[T,H,W,3]`` uint8, or uint16 where the frames carry more than 8 bits: ``uint16``
+    frames as they are, float frames when the pixel format has more than 8 bits (``deep``)."""
     if frames.ndim != 4 or frames.shape[1] != 3:
         raise ValueError(f"frames must be [T,3,H,W] RGB, got {tuple(frames.shape)}")
-    if frames.dtype != torch.uint8:
-        frames = (frames.detach().float().clamp(0, 1) * 255.0 + 0.5).to(torch.uint8)
+    if frames.dtype not in (torch.uint8, torch.uint16):
+        scale, dtype = (65535.0, torch.uint16) if deep else (255.0, torch.uint8)
+        frames = (frames.detach().float().clamp(0, 1) * scale + 0.5).to(dtype)
     return frames.permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
@@ -168,7 +171,8 @@ class VideoWriter:
         audio_from: a video whose first audio stream is copied into the output.
         audio_range: ``(start, end)`` seconds of that audio to keep (``end`` may be None).
 
-    Frames are ``[T,3,H,W]`` uint8 or float in [0, 1]. 4:2:0 codecs need even sizes: odd
+    Frames are ``[T,3,H,W]`` uint8, uint16 (0–65535) or float in [0, 1]; float frames keep
+    more than 8 bits when ``pix_fmt`` has them. 4:2:0 codecs need even sizes: odd
     widths/heights are padded by repeating the last column/row. Passing ``timestamps``
     (seconds) to :meth:`write` keeps a variable frame rate.
     """
@@ -207,6 +211,7 @@ class VideoWriter:
         self._size: tuple[int, int] | None = None
         self._vfr = False
         self._yuv = self.pix_fmt.startswith("yuv")
+        self._deep = max(c.bits for c in av.VideoFormat(self.pix_fmt).components) > 8
 
     def __enter__(self) -> VideoWriter:
         return self
@@ -243,7 +248,7 @@ class VideoWriter:
         self._size = (height, width)
 
     def _yuv_frame(self, rgb: np.ndarray) -> av.VideoFrame:
-        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb48le" if rgb.dtype == np.uint16 else "rgb24")
         if not self._yuv:
             return frame
         colour = self.colour
@@ -259,7 +264,7 @@ class VideoWriter:
 
     def write(self, frames: torch.Tensor, timestamps: torch.Tensor | None = None) -> None:
         """Append ``frames`` ``[T,3,H,W]``; ``timestamps`` ``[T]`` seconds keep a variable rate."""
-        pixels = _as_uint8_rgb(frames)
+        pixels = _rgb_pixels(frames, self._deep)
         t, h, w, _ = pixels.shape
         if self._container is None:
             if h < 2 or w < 2:
