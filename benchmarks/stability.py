@@ -24,17 +24,16 @@ alone). The in-process rows also give the *lag on moving pixels* (source change 
 levels): the mean difference in disparity between the stabilised and the raw estimate there;
 near 0 = moving objects take their new depth at once (no ghosting).
 
-The stand-in clips, rendered through the converter's own stages (depth → shot normalisation →
+The stand-in clips (``--frames 0`` skips them), rendered through the converter's own stages
+(depth → shot normalisation → :class:`~spatialdreamer.stereo.comfort.ConvergencePlanner` →
 :class:`~spatialdreamer.stereo.stabilize.DepthStabilizer` →
-:class:`~spatialdreamer.stereo.comfort.ConvergencePlanner` →
 :class:`~spatialdreamer.stereo.render.StereoRenderer`), chunk by chunk as ``convert`` runs
 them, with no encoding in between (the codec's own noise is not part of the figure):
 
 - **real texture, parallax depth**: a real photograph (scikit-image's ``coffee``) under a slow
   camera pan that then holds still, a real cut-out (``chelsea``, the cat) moving across it, and
   sensor-like noise rounded to 8 bits, as a decoded video has; depth from the weight-free
-  ``parallax`` estimator. (Big Buck Bunny, the clip the issue was measured on, is not
-  available offline; this clip stands in for it.)
+  ``parallax`` estimator.
 - **synth, exact depth**: a :mod:`spatialdreamer.synth` scene with a still camera and moving
   cards, the same noise, its exact inverse depth as the depth model;
 - **synth, depth wobbling 3 %**: the same scene and depth plus the error a per-frame depth
