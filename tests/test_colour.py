@@ -7,6 +7,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from av.video.frame import PictureType
 from av.video.reformatter import ColorRange, Colorspace
 
 from spatialdreamer.cli.main import main
@@ -170,3 +171,25 @@ def test_a_ten_bit_source_keeps_its_gradations_through_the_conversion(tmp_path):
     assert main(["convert", str(source), str(out), *args]) == 0
     for half in (slice(8, 120), slice(264, 376)):  # inside each eye, away from the borders
         assert _levels(out, half) > 60  # the source has 77 there; processed at 8 bits: 23-28
+
+
+def _has_b_frames(path) -> bool:
+    with av.open(str(path)) as container:
+        return any(frame.pict_type == PictureType.B for frame in container.decode(video=0))
+
+
+@pytest.mark.parametrize("codec", ["h264", "h265"])
+def test_b_frames_are_off_unless_asked_for(tmp_path, codec):
+    """B-frames make still regions pulse (coded coarser than the frames around them): the
+    converter writes none by default; the encoder's usual ones on request."""
+    moving = torch.rand(1, 3, 48, 64).repeat(12, 1, 1, 1)
+    for t in range(12):
+        moving[t] = torch.roll(moving[t], shifts=t, dims=-1)
+    found = {}
+    for b_frames in (0, None):
+        path = tmp_path / f"{codec}-{b_frames}.mp4"
+        with VideoWriter(path, 24.0, codec=codec, preset="medium", b_frames=b_frames) as writer:
+            writer.write(moving)
+        found[b_frames] = _has_b_frames(path)
+    assert not found[0]
+    assert found[None]  # the check sees B-frames where the encoder makes them

@@ -67,6 +67,7 @@ def test_auto_convergence_writes_one_report_row_per_shot(two_shots, tmp_path):
         (["--smoothing", "1"], "--smoothing"),
         (["--edge-dilation", "1", "2", "3"], "--edge-dilation"),
         (["--comfort", "0", "1"], "comfort"),
+        (["--b-frames", "-1"], "--b-frames"),
     ],
 )
 def test_bad_rendering_options_fail_with_one_line_and_no_output(two_shots, tmp_path, capsys, args, message):

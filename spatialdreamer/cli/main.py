@@ -159,6 +159,13 @@ def _add_convert(sub) -> None:
         default="veryfast",
         help="x264/x265 speed preset (default veryfast; slower presets make smaller files at the same CRF)",
     )
+    p.add_argument(
+        "--b-frames",
+        type=int,
+        default=0,
+        help="H.264/H.265 B-frames in a row (default 0: they make still regions flicker; "
+        "3 = the encoder's usual, smaller files on fast motion)",
+    )
     p.add_argument("--no-inpaint", action="store_true", help="fill holes by propagation only (faster)")
     p.add_argument(
         "--refiner",
@@ -203,6 +210,7 @@ def _run_convert(args) -> int:
         crf=args.crf,
         inpaint=not args.no_inpaint,
         preset=args.preset,
+        b_frames=args.b_frames,
         refiner=args.refiner,
         refiner_steps=args.refiner_steps,
         pix_fmt=args.pix_fmt,

@@ -138,15 +138,21 @@ def _rgb_pixels(frames: torch.Tensor, deep: bool) -> np.ndarray:
     return frames.permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
-def _encoder_options(codec: str, crf: int, preset: str, verbose: bool) -> dict[str, str]:
-    """Constant-quality settings per encoder; encoder chatter only with ``-v``."""
+def _encoder_options(
+    codec: str, crf: int, preset: str, verbose: bool, b_frames: int | None
+) -> dict[str, str]:
+    """Constant-quality settings per encoder; encoder chatter only with ``-v``; ``b_frames``
+    None = the preset's (H.264/H.265 only)."""
     if codec == "h264":
-        return {"crf": str(crf), "preset": preset}
+        return {"crf": str(crf), "preset": preset} | (
+            {} if b_frames is None else {"x264-params": f"bframes={b_frames}"}
+        )
     if codec in ("h265", "hevc"):
         # without B-pyramid: x265's decode times for a 2-frame clip are ones FFmpeg's MP4
         # muxer refuses ("pts/dts pair unsupported"); a little less compression
         level = "info" if verbose else "error"
-        return {"crf": str(crf), "preset": preset, "x265-params": f"log-level={level}:b-pyramid=0"}
+        params = f"log-level={level}:b-pyramid=0" + ("" if b_frames is None else f":bframes={b_frames}")
+        return {"crf": str(crf), "preset": preset, "x265-params": params}
     fast = preset in ("ultrafast", "superfast", "veryfast", "faster", "fast")
     if codec == "vp9":
         speed = {"deadline": "realtime", "cpu-used": "8"} if fast else {"deadline": "good", "cpu-used": "2"}
@@ -170,6 +176,9 @@ class VideoWriter:
             BT.601 for SD (:func:`~spatialdreamer.video.colour.standard_colour` of the frame size).
         audio_from: a video whose first audio stream is copied into the output.
         audio_range: ``(start, end)`` seconds of that audio to keep (``end`` may be None).
+        b_frames: most B-frames in a row for H.264/H.265 (None: the preset's). B-frames are
+            coded at a coarser quality than the frames around them, so still parts of the
+            picture pulse from frame to frame; 0 keeps them steady, at some size on fast motion.
 
     Frames are ``[T,3,H,W]`` uint8, uint16 (0–65535) or float in [0, 1]; float frames keep
     more than 8 bits when ``pix_fmt`` has them. 4:2:0 codecs need even sizes: odd
@@ -189,6 +198,7 @@ class VideoWriter:
         colour: Colour | None = None,
         audio_from: str | os.PathLike | None = None,
         audio_range: tuple[float, float | None] = (0.0, None),
+        b_frames: int | None = None,
     ) -> None:
         if fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
@@ -204,6 +214,7 @@ class VideoWriter:
         self.colour = colour
         self.audio_from = os.fspath(audio_from) if audio_from is not None else None
         self.audio_range = audio_range
+        self.b_frames = b_frames
         self.frames_written = 0
         self._tmp_video = sibling_path(self.path, "video-only")
         self._container = None
@@ -232,7 +243,7 @@ class VideoWriter:
         stream.width = width + (width % 2 if subsampled else 0)
         stream.height = height + (height % 2 if subsampled and "420" in self.pix_fmt else 0)
         stream.pix_fmt = self.pix_fmt
-        stream.options = _encoder_options(self.codec, self.crf, self.preset, verbose)
+        stream.options = _encoder_options(self.codec, self.crf, self.preset, verbose, self.b_frames)
         if self.codec in ("h265", "hevc") and self.path.suffix.lower() in (".mp4", ".mov"):
             stream.codec_tag = "hvc1"  # Apple players (Vision Pro included) refuse hev1
         if self._yuv:
