@@ -124,7 +124,8 @@ def _add_convert(sub) -> None:
         "--smoothing",
         type=float,
         default=0.85,
-        help="share of its previous depth a still pixel keeps per frame, in [0, 1): higher = steadier, "
+        help="share of its previous depth a still pixel keeps per frame at least (more the longer it stays "
+        "still), in [0, 1): higher = steadier, "
         "0 = off (default 0.85); moving pixels always follow at once",
     )
     p.add_argument(
