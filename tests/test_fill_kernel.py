@@ -73,3 +73,26 @@ def test_the_uint8_fill_in_windows_equals_the_float_fill_of_the_whole_frame(scen
         ok = fill_holes_u8(frames, holes[:, 0].numpy(), warped.disparity[:, 0].numpy(), background_side=side)
         assert ok
         assert np.array_equal(frames, expected.numpy())
+
+
+def test_the_uint8_fill_of_scattered_hole_groups_equals_the_whole_frame_fill():
+    """Hole groups far apart along rows (windows of their own) and along columns (sharing a
+    band of rows), some close enough to share a window: still the whole frame's pixels."""
+    import numpy as np
+
+    from spatialdreamer.stereo.fill import _windows, fill_holes_u8
+
+    g = torch.Generator().manual_seed(3)
+    image = torch.rand(1, 3, 160, 320, generator=g)
+    holes = torch.zeros(1, 1, 160, 320, dtype=torch.bool)
+    for y, x, size in [(10, 10, 3), (10, 60, 2), (12, 200, 4), (70, 15, 2), (72, 40, 3), (140, 300, 2)]:
+        holes[..., y : y + size, x : x + size] = True
+    disparity = torch.rand(1, 1, 160, 320, generator=g) * 8
+    assert len(_windows(holes[0, 0].numpy(), 12)) == 3
+    image = image.masked_fill(holes, 0.0)
+    for side in ("right", "left"):
+        expected = fill_holes(image, holes, disparity, background_side=side)
+        expected = expected.clamp(0, 1).mul(255.0).add(0.5).to(torch.uint8).permute(0, 2, 3, 1)
+        frames = image.mul(255.0).add(0.5).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+        assert fill_holes_u8(frames, holes[:, 0].numpy(), disparity[:, 0].numpy(), background_side=side)
+        assert np.array_equal(frames, expected.numpy())
