@@ -50,10 +50,13 @@ from spatialdreamer.video import DecodeStats, VideoError, VideoInfo, VideoWriter
 from spatialdreamer.video.shots import CutDetector
 from spatialdreamer.video.writer import (
     CONTAINER_CODECS,
+    PEAK,
     check_output,
     default_codec,
     fit_file_name,
+    format_bits,
     leftover_temporaries,
+    quantize,
 )
 
 __all__ = [
@@ -306,7 +309,7 @@ def convert_video(
         raise OutputExistsError(out_path)
     codec, pix_fmt = _encoding(out_path, info, options) if not info.is_image else ("png", "rgb24")
     # a source of more than 8 bits written with more than 8 keeps them all the way through
-    deep = pix_fmt.endswith(("10le", "12le")) and info.bit_depth > 8
+    deep = format_bits(pix_fmt) > 8 and info.bit_depth > 8
     for leftover in leftover_temporaries(out_path):  # a killed run cannot clean up after itself
         log.info("removing %s, left by an interrupted run", leftover)
         leftover.unlink(missing_ok=True)
@@ -389,7 +392,7 @@ def convert_video(
         """Its busy time is counted by ``run_overlapped`` as "depth" (the cut detector's share
         is taken out at the end)."""
         flags = timed("cuts", cuts, _eight_bits(chunk.frames))
-        frames = chunk.frames.to(device).float().div_(_peak(chunk.frames))
+        frames = chunk.frames.to(device).float().div_(PEAK[chunk.frames.dtype])
         disparity = None
         for a, b, is_cut in _segments(flags):
             if is_cut:
@@ -506,9 +509,9 @@ def pack_eyes(
     that is the source; the result has the source's dtype. Full layouts take the source eye as
     decoded (no round trip through float)."""
     if fmt in ("full-sbs", "full-tb"):
-        return compose(*[source if e is None else _quantize(e, source.dtype) for e in (left, right)], fmt)
-    eyes = [source.float().div_(_peak(source)) if e is None else e for e in (left, right)]
-    return _quantize(compose(*eyes, fmt), source.dtype)
+        return compose(*[source if e is None else quantize(e, source.dtype) for e in (left, right)], fmt)
+    eyes = [source.float().div_(PEAK[source.dtype]) if e is None else e for e in (left, right)]
+    return quantize(compose(*eyes, fmt), source.dtype)
 
 
 def render_layout(
@@ -551,17 +554,6 @@ def render_layout(
     if not renderer.render_u8(frames, disparity, {eye: eyes[eye] for eye in synthesized}):
         return None
     return torch.from_numpy(out).permute(0, 3, 1, 2)
-
-
-def _peak(frames: torch.Tensor) -> float:
-    """The value of white in decoded frames: 255 (uint8) or 65535 (uint16, a deep source)."""
-    return 65535.0 if frames.dtype == torch.uint16 else 255.0
-
-
-def _quantize(frames: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Float frames in [0, 1] to ``dtype`` (uint8 or uint16), rounded to nearest."""
-    peak = 65535.0 if dtype == torch.uint16 else 255.0
-    return frames.clamp(0.0, 1.0).mul_(peak).add_(0.5).to(dtype)
 
 
 def _eight_bits(frames: torch.Tensor) -> torch.Tensor:

@@ -30,10 +30,13 @@ __all__ = [
     "CONTAINER_CODECS",
     "finish_with_audio",
     "leftover_temporaries",
+    "PEAK",
     "VideoWriter",
     "check_output",
     "default_codec",
     "fit_file_name",
+    "format_bits",
+    "quantize",
     "read_lossless",
     "sibling_path",
     "write_lossless",
@@ -127,14 +130,27 @@ def _temp_path(path: Path) -> Path:
     return sibling_path(path, "partial")
 
 
+# the value of white in integer RGB frames: 8-bit, or 16-bit for sources of more than 8 bits
+PEAK = {torch.uint8: 255.0, torch.uint16: 65535.0}
+
+
+def format_bits(pix_fmt: str) -> int:
+    """Bits per sample of a pixel format (10 for ``yuv420p10le``)."""
+    return max(c.bits for c in av.VideoFormat(pix_fmt).components)
+
+
+def quantize(frames: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Float frames in [0, 1] to ``dtype`` (a key of :data:`PEAK`), rounded to nearest."""
+    return frames.detach().float().clamp(0.0, 1.0).mul_(PEAK[dtype]).add_(0.5).to(dtype)
+
+
 def _rgb_pixels(frames: torch.Tensor, deep: bool) -> np.ndarray:
     """``[T,H,W,3]`` uint8, or uint16 where the frames carry more than 8 bits: ``uint16``
     frames as they are, float frames when the pixel format has more than 8 bits (``deep``)."""
     if frames.ndim != 4 or frames.shape[1] != 3:
         raise ValueError(f"frames must be [T,3,H,W] RGB, got {tuple(frames.shape)}")
-    if frames.dtype not in (torch.uint8, torch.uint16):
-        scale, dtype = (65535.0, torch.uint16) if deep else (255.0, torch.uint8)
-        frames = (frames.detach().float().clamp(0, 1) * scale + 0.5).to(dtype)
+    if frames.dtype not in PEAK:
+        frames = quantize(frames, torch.uint16 if deep else torch.uint8)
     return frames.permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
@@ -222,7 +238,7 @@ class VideoWriter:
         self._size: tuple[int, int] | None = None
         self._vfr = False
         self._yuv = self.pix_fmt.startswith("yuv")
-        self._deep = max(c.bits for c in av.VideoFormat(self.pix_fmt).components) > 8
+        self._deep = format_bits(self.pix_fmt) > 8
 
     def __enter__(self) -> VideoWriter:
         return self
