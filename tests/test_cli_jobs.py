@@ -180,3 +180,16 @@ def test_convert_says_it_is_loading_the_model_before_the_first_frame(tmp_path, c
         == 1
     )
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_the_demo_conversion_can_be_run_again(tmp_path):
+    """``make demo`` run twice: the second run replaces the demo's own stereo output instead of
+    stopping at it (user outputs are kept unless -y; the demo's are its own)."""
+    from spatialdreamer.cli.demo import _demo_stereo
+    from spatialdreamer.synth import random_spec
+    from spatialdreamer.synth.videos import write_scene
+
+    video = write_scene(random_spec(0, height=48, width=64, frames=6, fps=12.0), tmp_path, "clip").left
+    first = _demo_stereo(video, tmp_path / "stereo")
+    second = _demo_stereo(video, tmp_path / "stereo")
+    assert second.output == first.output and second.frames == first.frames == 6

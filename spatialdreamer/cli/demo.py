@@ -75,14 +75,19 @@ def run_demo(out_dir: str | os.PathLike = "demo_out", count: int = 3) -> dict:
     )
 
     print("[3/4] converting a video to stereo (depth: weight-free 'parallax' fallback) ...")
-    report = convert_video(
-        paths[0], out / "stereo", ConvertOptions(depth_model="parallax", format="full-sbs")
-    )
+    report = _demo_stereo(paths[0], out / "stereo")
     print(f"      {report.frames} frames at {report.fps:.1f} frames/s -> {report.output}")
 
     corpus = _demo_corpus(videos, out / "corpus")
     print(f"done in {time.perf_counter() - began:.0f} s. Results are in {out.resolve()}")
     return {"videos": [str(p) for p in paths], "dvg": dvg, "stereo": str(report.output), "corpus": corpus}
+
+
+def _demo_stereo(video: Path, folder: Path):
+    """Step 3: one video converted with the defaults; a rerun of the demo replaces its output,
+    as step 4 rebuilds its corpus."""
+    options = ConvertOptions(depth_model="parallax", format="full-sbs", overwrite=True)
+    return convert_video(video, folder, options)
 
 
 def _demo_corpus(videos: Path, root: Path) -> dict:
