@@ -102,9 +102,20 @@ def prepare_output(
         storage.write_bytes(job_path, job.encode())
 
 
-def _init_ray(address: str | None = None):
-    # RAY_ADDRESS, when set, names the cluster; otherwise Ray starts an embedded local one.
-    return connect(address, include_dashboard=False)
+# System settings of the embedded Ray the job starts when no cluster is named (a cluster keeps
+# its own). Ray kills a worker that has been idle for 1 s once there are more workers than CPUs;
+# the stages' task workers idle for seconds at a time while the depth + DVG actor works, so each
+# burst of tasks started fresh processes, and each re-imported torch, OpenCV, PyAV and kornia
+# (2.2-3.2 CPU-s). Measured on 2 cores, 24 clips: 8 task worker processes and ~21 CPU-s of
+# imports for ~7 CPU-s of split, prepare and write; kept idle for the job, 3 processes.
+LOCAL_SYSTEM_CONFIG = {"idle_worker_killing_time_threshold_ms": 600_000}
+
+
+def _init_ray(address: str | None = None, **init_kwargs):
+    """Join the cluster ``address`` or RAY_ADDRESS names, else start an embedded local Ray
+    (with :data:`LOCAL_SYSTEM_CONFIG`); ``init_kwargs`` go to ``ray.init``."""
+    init_kwargs.setdefault("include_dashboard", False)
+    return connect(address, local={"_system_config": dict(LOCAL_SYSTEM_CONFIG)}, **init_kwargs)
 
 
 def _max_cluster_gpus() -> float | None:
