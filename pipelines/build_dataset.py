@@ -14,8 +14,7 @@ is left as it is; --overwrite rebuilds it.
     ─► dvg:     depth (batched, fp16), warp, warp-back, masks              GPU actor pool
     ─► write:   encode views, lossless masks/disparity, row record         CPU task per clip
     ─► pack:    each segment's clips → one tar + one manifest part,        CPU task per video
-                                                         (driver threads on a one-node Ray)
-                the video's failures part
+                the video's failures part                                  (driver threads on a one-node Ray)
     ─► near-duplicates (duplicates/), counts from Parquet footers          driver
 """
 
