@@ -172,10 +172,10 @@ def _child(mode: str, videos: str, output: str, config_name: str, threads: int) 
     config = load_config(config_name)
     startup = 0.0
     if mode == "ray":
-        import ray
+        from pipelines.build_dataset import _init_ray
 
-        began = time.perf_counter()
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        began = time.perf_counter()  # the job's own embedded Ray (its system settings, thread policy)
+        ray = _init_ray("local", num_cpus=os.cpu_count(), log_to_driver=False)
         startup = time.perf_counter() - began
         ray.data.DataContext.get_current().enable_progress_bars = False
     meter = _CpuMeter()

@@ -14,7 +14,7 @@ is left as it is; --overwrite rebuilds it.
     ─► dvg:     depth (batched, fp16), warp, warp-back, masks              GPU actor pool
     ─► write:   encode views, lossless masks/disparity, row record         CPU task per clip
     ─► pack:    each segment's clips → one tar + one manifest part,        CPU task per video
-                the video's failures part
+                the video's failures part                                  (driver threads on a one-node Ray)
     ─► near-duplicates (duplicates/), counts from Parquet footers          driver
 """
 
@@ -102,9 +102,20 @@ def prepare_output(
         storage.write_bytes(job_path, job.encode())
 
 
-def _init_ray(address: str | None = None):
-    # RAY_ADDRESS, when set, names the cluster; otherwise Ray starts an embedded local one.
-    return connect(address, include_dashboard=False)
+# System settings of the embedded Ray the job starts when no cluster is named (a cluster keeps
+# its own). Ray kills a worker that has been idle for 1 s once there are more workers than CPUs;
+# the stages' task workers idle for seconds at a time while the depth + DVG actor works, so each
+# burst of tasks started fresh processes, and each re-imported torch, OpenCV, PyAV and kornia
+# (2.2-3.2 CPU-s). Measured on 2 cores, 24 clips: 8 task worker processes and ~21 CPU-s of
+# imports for ~7 CPU-s of split, prepare and write; kept idle for the job, 3 processes.
+LOCAL_SYSTEM_CONFIG = {"idle_worker_killing_time_threshold_ms": 600_000}
+
+
+def _init_ray(address: str | None = None, **init_kwargs):
+    """Join the cluster ``address`` or RAY_ADDRESS names, else start an embedded local Ray
+    (with :data:`LOCAL_SYSTEM_CONFIG`); ``init_kwargs`` go to ``ray.init``."""
+    init_kwargs.setdefault("include_dashboard", False)
+    return connect(address, local={"_system_config": dict(LOCAL_SYSTEM_CONFIG)}, **init_kwargs)
 
 
 def _max_cluster_gpus() -> float | None:
@@ -292,22 +303,34 @@ def run_stages(
 
 
 def pack_videos(videos: list[str], root: str, config: CorpusConfig, in_process: bool = False) -> int:
-    """Pack the finished segments of ``videos`` (a Ray task per video, on the workers the
-    stages warmed up: plain tasks start in milliseconds, a Ray Data pass in seconds); returns
-    the clips packed."""
+    """Pack the finished segments of ``videos``; returns the clips packed.
+
+    On a cluster, a Ray task per video, on the workers the stages warmed up (plain tasks start in
+    milliseconds, a Ray Data pass in seconds). On a Ray of one node, this machine (the embedded
+    Ray), in the driver's threads: a task there would run on the same CPUs and disks, and every
+    task beyond the warm workers starts a process that imports torch first (~2.5 CPU-s, for
+    ~0.02 CPU-s of packing per video). ``in_process`` (no Ray) packs in the driver too.
+    """
     if not videos:
         return 0
     from spatialdreamer.corpus import TransientError, pack_video
 
     rows = [{"video_id": vid} for vid in videos]
-    if in_process:
-        return sum(pack_video(row, root, config)["packed"] for row in rows)
-    ray = _init_ray(None)
+    ray = None if in_process else _init_ray(None)
+    if ray is None or _single_local_node(ray):
+        with ThreadPoolExecutor(max_workers=min(4, len(rows))) as pool:
+            return sum(done["packed"] for done in pool.map(lambda row: pack_video(row, root, config), rows))
     task = ray.remote(
         num_cpus=config.write_num_cpus, max_retries=config.max_retries, retry_exceptions=[TransientError]
     )(pack_video)
     config_ref = ray.put(config)
     return sum(done["packed"] for done in ray.get([task.remote(row, root, config_ref) for row in rows]))
+
+
+def _single_local_node(ray) -> bool:
+    """Whether the Ray this driver is connected to is one node: the one the driver runs on."""
+    alive = [node["NodeID"] for node in ray.nodes() if node.get("Alive")]
+    return alive == [ray.get_runtime_context().get_node_id()]
 
 
 def pending_segments(pending: list[dict], root: str, config: CorpusConfig) -> list[dict]:

@@ -161,18 +161,21 @@ def _with_thread_policy(runtime_env: dict | None) -> dict:
     return runtime_env
 
 
-def connect(address: str | None = None, **init_kwargs: Any) -> ModuleType:
+def connect(address: str | None = None, *, local: dict | None = None, **init_kwargs: Any) -> ModuleType:
     """Start or join Ray once per process; returns the ``ray`` module.
 
     ``address`` overrides ``RAY_ADDRESS`` (``"local"`` = embedded); ``init_kwargs`` go to
-    ``ray.init``. Raises :class:`ClusterConnectionError` with a one-line message when the
-    cluster rejects the token or cannot be reached.
+    ``ray.init``; ``local`` too, but only when this starts an embedded Ray (settings such as
+    ``_system_config`` that only a new cluster takes). Raises :class:`ClusterConnectionError`
+    with a one-line message when the cluster rejects the token or cannot be reached.
     """
     import ray
 
     if ray.is_initialized():
         return ray
     target = resolve_address(address)
+    if target is None and local:
+        init_kwargs = {**local, **init_kwargs}
     mode = auth_mode(cluster=target is not None)
     _apply_auth_mode(mode)
     if target is not None:

@@ -176,3 +176,34 @@ def test_ray_job_decodes_a_long_video_as_segment_tasks(ray_session, tmp_path):
     records = sorted((root / "_segments" / clips.video_id.iloc[0]).glob("*.json"))
     assert [json.loads(p.read_text())["frames"] for p in records] == [20, 20, 32]  # each its own range
     assert round(json.loads(records[2].read_text())["start"] * FPS) == 40
+
+
+def test_packing_on_a_one_node_ray_starts_no_ray_task(ray_session, monkeypatch, tmp_path):
+    """On the embedded one-node Ray the driver packs in its threads: a pack task beyond the warm
+    workers would start a process that imports torch (~2.5 CPU-s) for ~0.02 CPU-s of packing."""
+    import os
+
+    import spatialdreamer.corpus as corpus
+    from pipelines import build_dataset as job
+
+    assert job._single_local_node(ray)
+    packed_in = []
+
+    def pack_video(row, root, config):
+        packed_in.append(os.getpid())
+        return {"packed": 2}
+
+    monkeypatch.setattr(corpus, "pack_video", pack_video)
+    monkeypatch.setattr(ray, "remote", lambda *a, **k: pytest.fail("pack_videos started a Ray task"))
+    assert job.pack_videos(["v0", "v1", "v2"], str(tmp_path), load_config("tiny")) == 6
+    assert packed_in == [os.getpid()] * 3
+
+
+def test_packing_on_a_cluster_runs_a_ray_task_per_video(ray_session, monkeypatch, tmp_path):
+    from pipelines import build_dataset as job
+
+    remote, tasks = ray.remote, []
+    monkeypatch.setattr(job, "_single_local_node", lambda ray: False)
+    monkeypatch.setattr(ray, "remote", lambda *a, **k: tasks.append(k) or remote(*a, **k))
+    assert job.pack_videos(["v0", "v1"], str(tmp_path), load_config("tiny")) == 0  # nothing to pack
+    assert len(tasks) == 1 and tasks[0]["num_cpus"] == load_config("tiny").write_num_cpus

@@ -112,6 +112,56 @@ def test_a_local_run_starts_ray_with_token_auth_and_no_warning(tmp_path):
     assert (tmp_path / ".ray" / "auth_token").read_text().strip()  # Ray made the local token
 
 
+def test_connect_applies_local_settings_only_to_an_embedded_ray(clean_auth, monkeypatch):
+    import ray
+
+    from pipelines import ray_session
+
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(ray_session, "_apply_auth_mode", lambda mode: None)
+    monkeypatch.setattr(ray_session, "_probe", lambda target, mode: None)
+    local = {"_system_config": {"idle_worker_killing_time_threshold_ms": 5}}
+    ray_session.connect("local", local=local, num_cpus=2)
+    ray_session.connect("head:6379", local=local)
+    assert calls[0]["_system_config"] == local["_system_config"] and calls[0]["num_cpus"] == 2
+    assert calls[1]["address"] == "head:6379" and "_system_config" not in calls[1]
+
+
+def test_the_corpus_jobs_embedded_ray_keeps_idle_workers(tmp_path):
+    """Ray kills a worker idle for 1 s once there are more workers than CPUs; the corpus job's
+    embedded Ray keeps them, so its task workers import torch once, not at every burst of tasks."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    scratch = tempfile.mkdtemp(prefix="sdl-", dir="/tmp")  # short: Ray's socket paths are limited
+    env.update(HOME=str(tmp_path), PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0", RAY_TMPDIR=scratch)
+    code = (
+        "import os, time\n"
+        "from pipelines.build_dataset import _init_ray\n"
+        "ray = _init_ray('local', num_cpus=1, log_to_driver=False)\n"
+        "task = ray.remote(num_cpus=0.25)(lambda: time.sleep(2) or os.getpid())\n"
+        "pids = set(ray.get([task.remote() for _ in range(4)]))\n"
+        "time.sleep(5)\n"
+        "def alive(pid):\n"
+        "    try:\n"
+        "        return os.kill(pid, 0) is None\n"
+        "    except OSError:\n"
+        "        return False\n"
+        "print('workers', len(pids), 'alive', sum(map(alive, pids)))\n"
+        "ray.shutdown()\n"
+    )
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+        )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    line = next(line for line in result.stdout.splitlines() if line.startswith("workers"))
+    workers, alive = (int(word) for word in line.split()[1::2])
+    assert workers >= 2 and alive == workers, result.stdout
+
+
 def _containers(spec: dict) -> list[dict]:
     groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
     return [c for g in groups for c in g["template"]["spec"]["containers"]]
