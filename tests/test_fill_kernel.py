@@ -96,3 +96,104 @@ def test_the_uint8_fill_of_scattered_hole_groups_equals_the_whole_frame_fill():
         frames = image.mul(255.0).add(0.5).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
         assert fill_holes_u8(frames, holes[:, 0].numpy(), disparity[:, 0].numpy(), background_side=side)
         assert np.array_equal(frames, expected.numpy())
+
+
+def _seams(seed: int, shape=(2, 3, 30, 80)):
+    """Noise with hole runs of every width from 1 to 6 pixels (thin seams and wider holes),
+    some at the frame's edges, and disparity with ties."""
+    g = torch.Generator().manual_seed(seed)
+    b, c, h, w = shape
+    image = torch.rand(b, c, h, w, generator=g)
+    holes = torch.zeros(b, 1, h, w, dtype=torch.bool)
+    for i in range(b):
+        for y in range(h):
+            x = int(torch.randint(0, 4, (1,), generator=g))
+            while x < w:
+                width = int(torch.randint(1, 7, (1,), generator=g))
+                holes[i, 0, y, x : x + width] = True
+                x += width + int(torch.randint(1, 12, (1,), generator=g))
+    disparity = (torch.rand(b, 1, h, w, generator=g) * 4).round()  # ties between neighbours
+    return image.masked_fill(holes, 0.0), holes, disparity.masked_fill(holes, 0.0)
+
+
+def test_thin_holes_take_their_background_side_neighbour_and_wider_ones_are_left():
+    from spatialdreamer.stereo.fill import fill_thin_holes
+
+    image = torch.tensor([[[[0.1, 0.0, 0.2, 0.3, 0.0, 0.0, 0.4, 0.5, 0.0, 0.0, 0.0, 0.6]]]])
+    holes = image == 0.0
+    # nearer (larger) disparity left of the first seam, right of the second
+    disparity = torch.tensor([[[[5.0, 0, 1, 1, 0, 0, 3, 6, 0, 0, 0, 1]]]])
+    out, left, d = fill_thin_holes(image, holes, disparity, width=2)
+    assert out[0, 0, 0].tolist() == pytest.approx([0.1, 0.2, 0.2, 0.3, 0.3, 0.3, 0.4, 0.5, 0, 0, 0, 0.6])
+    assert d[0, 0, 0].tolist() == [5, 1, 1, 1, 1, 1, 3, 6, 0, 0, 0, 1]
+    assert left[0, 0, 0].tolist() == [False] * 8 + [True] * 3 + [False]
+    # width 0 fills nothing; width 3 takes the three-pixel run too
+    assert torch.equal(fill_thin_holes(image, holes, disparity, width=0)[1], holes)
+    assert not fill_thin_holes(image, holes, disparity, width=3)[1].any()
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_compiled_thin_fill_equals_the_torch_ops(side):
+    import numpy as np
+
+    from spatialdreamer.stereo.fill import fill_thin_holes
+
+    for seed in range(3):
+        image, holes, disparity = _seams(seed)
+        for width in (1, 2, 4):
+            out, left, d = fill_thin_holes(image, holes, disparity, side, width)
+            frames = image.mul(255.0).add(0.5).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+            for i in range(len(frames)):
+                before = holes[i, 0].numpy().copy()
+                rest, rest_d = _fill_kernel.fill_thin_u8(
+                    frames[i], holes[i, 0].numpy(), disparity[i, 0].numpy(), width
+                )
+                assert np.array_equal(holes[i, 0].numpy(), before)  # the caller's mask is left as it is
+                assert np.array_equal(rest, left[i, 0].numpy())
+                assert np.array_equal(rest_d, d[i, 0].numpy())
+            expected = out.mul(255.0).add(0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+            assert np.array_equal(frames, expected)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_with_thin_holes_the_compiled_float_and_uint8_fills_equal_the_torch_ops(monkeypatch, side):
+    import numpy as np
+
+    from spatialdreamer.stereo.fill import fill_holes_u8
+
+    for seed in range(3):
+        image, holes, disparity = _seams(seed)
+        fast, ops = _fast_and_torch(monkeypatch, image, holes, disparity, background_side=side, thin=2)
+        assert torch.equal(fast, ops)
+        # and the seams changed the result: they are not inpainted
+        assert not torch.equal(fast, fill_holes(image, holes, disparity, background_side=side))
+        expected = ops.clamp(0, 1).mul(255.0).add(0.5).to(torch.uint8).permute(0, 2, 3, 1)
+        frames = image.mul(255.0).add(0.5).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+        assert fill_holes_u8(
+            frames, holes[:, 0].numpy(), disparity[:, 0].numpy(), background_side=side, thin=2
+        )
+        assert np.array_equal(frames, expected.numpy())
+
+
+def test_only_the_wider_holes_are_inpainted():
+    """A wide hole is inpainted (not the plain background copy); a seam beside it is the copy."""
+    from spatialdreamer.stereo.fill import propagate_background
+
+    image, holes, disparity = _seams(4)
+    filled = fill_holes(image, holes, disparity, thin=2)
+    copied, _ = propagate_background(image, holes, disparity)
+    valid = ~holes[:, 0]
+    left, right = (t.unsqueeze(1) for t in _nearest_valid_cols(valid))
+    run = torch.where(right >= 0, right, holes.shape[-1]) - left - 1
+    thin, wide = holes & (run <= 2), holes & (run > 2)
+    assert thin.any() and wide.any()
+    assert torch.equal(
+        filled.masked_select(thin.expand_as(filled)), copied.masked_select(thin.expand_as(filled))
+    )
+    assert (filled - copied).abs().masked_select(wide.expand_as(filled)).max() > 0.05
+
+
+def _nearest_valid_cols(valid):
+    from spatialdreamer.stereo.fill import _nearest_valid
+
+    return _nearest_valid(valid)

@@ -99,6 +99,7 @@ def test_edge_dilation_removes_the_halo_of_soft_depth(scenes):
     ("call", "message"),
     [
         (lambda: StereoRenderer("up"), "--eye"),
+        (lambda: StereoRenderer(thin_holes=-1), "thin_holes"),
         (lambda: dilate_foreground(torch.zeros(1, 1, 4, 4), (-1, 0)), "radius"),
         (lambda: dilate_foreground(torch.zeros(1, 4, 4), (1, 0)), r"\[B,1,H,W\]"),
         (lambda: DepthStabilizer(strength=1.0), "strength"),
@@ -246,3 +247,27 @@ def test_rendering_into_the_output_frames_steps_aside_where_it_cannot(monkeypatc
     assert not fill_holes_u8(pixels, holes, np.zeros((1, 6, 40), np.float32))
     monkeypatch.setattr(render, "fill_holes_u8", lambda *args, **kwargs: False)
     assert render_layout(StereoRenderer("both"), source, frames, disparity, "full-sbs") is None
+
+
+def test_the_renderer_fills_thin_seams_without_inpainting_in_both_paths():
+    """A disparity step of 1.5 pixels per eye opens a two-pixel seam in the left eye: the
+    renderer copies its background-side (farther) neighbour there instead of inpainting it, in
+    the float and the uint8 path alike."""
+    pytest.importorskip("numba")
+    from spatialdreamer.convert import pack_eyes, render_layout
+
+    g = torch.Generator().manual_seed(5)
+    frames = torch.rand(1, 3, 24, 64, generator=g)
+    disparity = torch.zeros(1, 1, 24, 64)
+    disparity[..., 30:] = 3.0  # nearer on the right: the left eye sees a gap open at column 30
+    renderer = StereoRenderer("both", edge_dilation=(0, 0))
+    left, right = renderer(frames, disparity)
+    inpainted, _ = StereoRenderer("both", edge_dilation=(0, 0), thin_holes=0)(frames, disparity)
+    holes = warp_with_borders(frames, disparity * 0.5, towards="left").holes
+    assert int(holes.sum()) == 48 and bool(holes[..., 30:32].all())  # two pixels in each row
+    seam = left[..., 30:32]
+    assert torch.equal(seam, left[..., 29:30].expand_as(seam))  # the farther (left) neighbour
+    assert not torch.equal(inpainted[..., 30:32], seam)
+    source = (frames * 255 + 0.5).to(torch.uint8)
+    packed = render_layout(renderer, source, frames, disparity, "full-sbs")
+    assert torch.equal(packed, pack_eyes(source, left, right, "full-sbs"))

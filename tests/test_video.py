@@ -201,3 +201,29 @@ def test_video_error_survives_pickling_across_processes():
         "file is empty",
         "/x/clip.mp4: file is empty",
     )
+
+
+def test_8_bit_frames_become_yuv_with_luma_exact_and_chroma_within_a_level_of_accurate_rounding(tmp_path):
+    """The writer converts 8-bit RGB without swscale's accurate rounding (a third cheaper):
+    luma is the same, chroma at most one level off; more than 8 bits keep it."""
+    from av.video.reformatter import Interpolation
+
+    from spatialdreamer.video import VideoWriter
+    from spatialdreamer.video.colour import sws_colorspace, sws_range
+
+    scene = make_scene(0, height=96, width=160, frames=1)
+    rgb = (scene.left[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    writer = VideoWriter(tmp_path / "x.mp4", 24.0)
+    writer.write(torch.from_numpy(rgb).permute(2, 0, 1)[None])
+    fast = writer._yuv_frame(rgb)
+    accurate = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
+        format="yuv420p",
+        dst_colorspace=sws_colorspace(writer.colour.matrix),
+        dst_color_range=sws_range(writer.colour),
+        interpolation=Interpolation.BILINEAR | Interpolation.ACCURATE_RND,
+    )
+    writer.close()
+    planes = [[np.frombuffer(f.planes[i], np.uint8).astype(int) for i in range(3)] for f in (fast, accurate)]
+    assert np.array_equal(planes[0][0], planes[1][0])
+    for i in (1, 2):
+        assert np.abs(planes[0][i] - planes[1][i]).max() <= 1

@@ -328,3 +328,25 @@ def test_compiled_dilation_equals_dilate_foreground(radius):
     assert torch.equal(_warp_kernel.dilate_cpu(disparity, radius), dilate_foreground(disparity, radius))
     wide = torch.randn(2, 1, 300, 400, generator=g)  # rows shared among threads
     assert torch.equal(_warp_kernel.dilate_cpu(wide, radius, threads=2), dilate_foreground(wide, radius))
+
+
+@pytest.mark.parametrize("towards", ["right", "left"])
+@pytest.mark.parametrize("smooth", [False, True])
+def test_the_uint8_warp_resolves_targets_as_the_float_warp(towards, smooth):
+    """The uint8 warp (the renderer's, without mirrored borders) and the float warp share one
+    resolve step: the same holes (layered ones included), disparity and rounded pixels."""
+    pytest.importorskip("numba")
+    import numpy as np
+
+    from spatialdreamer.dvg import _warp_kernel
+
+    for seed in range(3):
+        img, disparity, _ = _random_rows(seed, smooth)
+        float_warp = forward_warp(img, disparity, towards=towards, backend="compiled")
+        assert bool(float_warp.holes.any())
+        out = np.empty((*img.shape[:1], *img.shape[2:], 3), np.uint8)
+        holes, warped = _warp_kernel.warp_rows_u8_cpu(img, disparity, 1.0, 0, towards == "left", out)
+        assert np.array_equal(holes, float_warp.holes[:, 0].numpy())
+        assert np.array_equal(warped, float_warp.disparity[:, 0].numpy())
+        rounded = float_warp.image.clamp(0, 1).mul(255.0).add(0.5).to(torch.uint8).permute(0, 2, 3, 1)
+        assert np.array_equal(out, rounded.numpy())

@@ -63,3 +63,19 @@ def test_compiled_kernel_and_torch_ops_agree_on_a_real_photo(motorcycle):
         compiled = forward_warp(left, disparity, valid=valid, towards=towards, backend="compiled")
         for name in ("image", "holes", "disparity", "source_x"):
             assert torch.equal(getattr(ops, name), getattr(compiled, name)), name
+
+
+def test_filling_thin_holes_from_the_background_keeps_the_filled_view_of_a_real_photo(motorcycle):
+    """The renderer's cheap fill of thin holes (runs of at most 2 pixels, not inpainted) costs
+    next to nothing on a real photograph's disocclusions, with the converter's edge dilation."""
+    from spatialdreamer.dvg.disparity import dilate_foreground
+    from spatialdreamer.stereo.fill import fill_holes
+
+    left, right, disparity, valid = motorcycle
+    out = forward_warp(left, dilate_foreground(disparity, (2, 1)), valid=valid)
+    inpainted, thin = (fill_holes(out.image, out.holes, out.disparity, thin=t) for t in (0, 2))
+    assert not torch.equal(inpainted, thin)
+    # measured: filled view 22.66 -> 22.63 dB, its hole pixels 16.65 -> 16.60 dB
+    assert _psnr(thin, right, out.holes) > _psnr(inpainted, right, out.holes) - 0.1
+    full = torch.ones_like(out.holes)
+    assert _psnr(thin, right, full) > _psnr(inpainted, right, full) - 0.05

@@ -35,9 +35,11 @@ _splat_row_jit = None
 
 
 def _splat_row(d, v, w, tau, best, rightmost, opens, joins, fragment):
-    """The splat scan of one row (in working coordinates): ``best[t]`` the largest source
-    column seen at target ``t`` (-1 = none), ``rightmost[t]`` the rightmost source whose
-    first target is ``t``, ``opens``/``joins`` its depth edges and surfaces."""
+    """The splat and resolve of one row (in working coordinates): ``best[t]`` the largest
+    source column seen at target ``t``, -1 where none is or where what it sees shows through a
+    disocclusion gap of a nearer segment (a layered hole); ``rightmost[t]`` the rightmost
+    source whose first target is ``t``, ``opens``/``joins`` its depth edges and surfaces.
+    Shared by the float and the uint8 warp, which then sample ``best``."""
     half = np.float32(0.5)
     tiny = np.float32(1e-6)
     zero = np.float32(0.0)
@@ -87,6 +89,20 @@ def _splat_row(d, v, w, tau, best, rightmost, opens, joins, fragment):
             ti = np.int64(t)
             if xs > best[ti]:
                 best[ti] = xs
+    # resolve: the nearest segment over target t starts at x_star; what lands in the gap of
+    # its opening edge from farther away than the far side of that edge is hidden
+    x_star = -1
+    for t in range(w):
+        if rightmost[t] > x_star:
+            x_star = rightmost[t]
+        sx = best[t]
+        if sx >= zero and 0 <= x_star < w - 1 and opens[x_star] and sx < x_star:
+            x0 = np.floor(sx)
+            frac = sx - x0
+            i0 = np.int64(x0)
+            i1 = min(i0 + 1, w - 1)
+            if d[i0] + frac * (d[i1] - d[i0]) < d[x_star + 1] - tau:
+                best[t] = minus_one
 
 
 def _warp_rows(img, disp, valid, has_valid, flip, tau, r0, r1, out_img, out_disp, holes, source_x):
@@ -112,11 +128,8 @@ def _warp_rows(img, disp, valid, has_valid, flip, tau, r0, r1, out_img, out_disp
             if has_valid:
                 v[x] = valid[b, y, a]
         _splat_row_jit(d, v, w, tau, best, rightmost, opens, joins, fragment)
-        # resolve: sample, and hide what shows through a disocclusion gap (layered holes)
-        x_star = -1
+        # sample (the splat left -1 in holes, layered ones included)
         for t in range(w):
-            if rightmost[t] > x_star:
-                x_star = rightmost[t]
             a = w - 1 - t if flip else t
             sx = best[t]
             hole = sx < zero
@@ -126,14 +139,6 @@ def _warp_rows(img, disp, valid, has_valid, flip, tau, r0, r1, out_img, out_disp
                 i0 = np.int64(x0)
                 i1 = min(i0 + 1, w - 1)
                 seen_disp = d[i0] + frac * (d[i1] - d[i0])
-                if (
-                    x_star >= 0
-                    and x_star < w - 1
-                    and opens[x_star]
-                    and sx < x_star
-                    and seen_disp < d[x_star + 1] - tau
-                ):
-                    hole = True
             holes[b, y, a] = hole
             if hole:
                 for ch in range(c):
@@ -185,10 +190,7 @@ def _warp_rows_u8(img, disp, share, pad, flip, tau, r0, r1, out, holes, out_disp
         for x in range(wide):
             d[x] = disp[b, y, column[x]] * share if share != one else disp[b, y, column[x]]
         _splat_row_jit(d, v, wide, tau, best, rightmost, opens, joins, fragment)
-        x_star = -1
         for t in range(wide):
-            if rightmost[t] > x_star:
-                x_star = rightmost[t]
             a = wide - 1 - t if flip else t
             o = a - pad
             if o < 0 or o >= w:
@@ -201,14 +203,6 @@ def _warp_rows_u8(img, disp, share, pad, flip, tau, r0, r1, out, holes, out_disp
                 i0 = np.int64(x0)
                 i1 = min(i0 + 1, wide - 1)
                 seen_disp = d[i0] + frac * (d[i1] - d[i0])
-                if (
-                    x_star >= 0
-                    and x_star < wide - 1
-                    and opens[x_star]
-                    and sx < x_star
-                    and seen_disp < d[x_star + 1] - tau
-                ):
-                    hole = True
             holes[b, y, o] = hole
             if hole:
                 for ch in range(c):

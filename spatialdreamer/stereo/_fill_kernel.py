@@ -7,7 +7,9 @@ times in place and the result is written straight into the ``uint8`` ``[H,W,C]``
 OpenCV's inpainting reads. Without numba the torch ops run.
 
 :func:`context_u8` builds the same context for a window of a ``uint8`` frame (the renderer's
-path that never leaves ``uint8``, :func:`spatialdreamer.stereo.fill.fill_holes_u8`).
+path that never leaves ``uint8``, :func:`spatialdreamer.stereo.fill.fill_holes_u8`), and
+:func:`fill_thin_u8` fills its thin holes as :func:`spatialdreamer.stereo.fill.fill_thin_holes`
+does.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 
 from spatialdreamer.dvg._warp_kernel import Kernels, njit
 
-__all__ = ["available", "context_u8", "inpaint_context", "paste_painted"]
+__all__ = ["available", "context_u8", "fill_thin_u8", "inpaint_context", "paste_painted", "paste_window"]
 
 
 # the kernels' code, compiled by _build (numba resolves ``_row_sources_jit`` when it compiles
@@ -155,10 +157,58 @@ def _paste(out, painted, holes):
                         out[b, ch, y, x] = np.float32(painted[b, y, x, ch]) / scale
 
 
+def _fill_thin(frame, holes, disp, thin, rest, rest_disp):
+    """Runs of at most ``thin`` holes along a row of ``uint8`` ``frame`` ``[H,W,C]`` take the
+    pixel beside them with the smaller disparity (the right one on a tie, the one there is at
+    the frame's edge); ``rest``/``rest_disp``: the holes left and the disparity with the
+    filled runs' values."""
+    h, w, c = frame.shape
+    for y in range(h):
+        x = 0
+        while x < w:
+            rest_disp[y, x] = disp[y, x]
+            if not holes[y, x]:
+                rest[y, x] = False
+                x += 1
+                continue
+            end = x
+            while end < w and holes[y, end]:
+                end += 1
+            lo = x - 1
+            hi = end if end < w else -1
+            fill = end - x <= thin and (lo >= 0 or hi >= 0)
+            s = hi if hi >= 0 and (lo < 0 or disp[y, hi] <= disp[y, lo]) else lo
+            for t in range(x, end):
+                rest[y, t] = not fill
+                if fill:
+                    rest_disp[y, t] = disp[y, s]
+                    for ch in range(c):
+                        frame[y, t, ch] = frame[y, s, ch]
+                else:
+                    rest_disp[y, t] = disp[y, t]
+            x = end
+
+
+def _paste_window(frame, painted, holes, y0, x0):
+    """``frame[y0 + y, x0 + x] = painted[y, x]`` where ``holes[y0 + y, x0 + x]``."""
+    h, w, c = painted.shape
+    for y in range(h):
+        for x in range(w):
+            if holes[y0 + y, x0 + x]:
+                for ch in range(c):
+                    frame[y0 + y, x0 + x, ch] = painted[y, x, ch]
+
+
 def _build(numba):
     global _row_sources_jit
     _row_sources_jit = njit(numba, _row_sources)
-    return njit(numba, _context), njit(numba, _paste), njit(numba, _context_window)
+    return (
+        njit(numba, _context),
+        njit(numba, _paste),
+        njit(numba, _context_window),
+        njit(numba, _fill_thin),
+        njit(numba, _paste_window),
+    )
 
 
 _kernels = Kernels(_build)
@@ -220,6 +270,28 @@ def context_u8(
     out = np.empty((y1 - y0, x1 - x0, frame.shape[2]), np.uint8)
     ok = _get()[2](frame, holes, disparity, background_right, int(guard), y0, y1, x0, x1, out)
     return out if ok else None
+
+
+def fill_thin_u8(
+    frame: np.ndarray, holes: np.ndarray, disparity: np.ndarray, thin: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`~spatialdreamer.stereo.fill.fill_thin_holes` of ``uint8`` ``frame`` ``[H,W,C]``
+    (any strides) in place, with bool ``holes`` and float32 ``disparity`` ``[H,W]`` (left as
+    they are): returns the holes left and the disparity with the filled runs' values."""
+    rest = np.empty(holes.shape, np.bool_)
+    rest_disp = np.empty(disparity.shape, np.float32)
+    _get()[3](frame, holes, disparity, int(thin), rest, rest_disp)
+    return rest, rest_disp
+
+
+def paste_window(
+    frame: np.ndarray, painted: np.ndarray, holes: np.ndarray, window: tuple[int, int, int, int]
+) -> None:
+    """The ``uint8`` ``painted`` pixels of ``window`` ``(y0, y1, x0, x1)`` into ``uint8``
+    ``frame`` ``[H,W,C]`` (any strides) where bool ``holes`` ``[H,W]`` is set:
+    ``np.copyto(frame[y0:y1, x0:x1], painted, where=holes[y0:y1, x0:x1, None])`` in one pass."""
+    y0, _, x0, _ = window
+    _get()[4](frame, painted, holes, int(y0), int(x0))
 
 
 def paste_painted(image: torch.Tensor, painted: np.ndarray, holes: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,10 @@ pixels next to the hole are first overwritten (for the inpainting's context only
 background fill, so foreground colour never bleeds into the hole. On CPUs that context is
 built by a compiled row kernel (numba) equal to the torch ops, and frames are inpainted in
 parallel threads.
+
+Thin holes (``thin``: runs of at most that many pixels along a row, such as the seams where
+held depth meets fresh depth) are filled directly from their background-side neighbour and
+are not inpainted: a seam has nothing to smooth, and the inpainting costs per hole pixel.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import torch.nn.functional as F
 
 from spatialdreamer.stereo import _fill_kernel
 
-__all__ = ["fill_holes", "fill_holes_u8", "propagate_background"]
+__all__ = ["fill_holes", "fill_holes_u8", "fill_thin_holes", "propagate_background"]
 
 
 def _nearest_valid(valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,6 +86,48 @@ def propagate_background(
     return gathered, source
 
 
+def fill_thin_holes(
+    image: torch.Tensor,
+    holes: torch.Tensor,
+    disparity: torch.Tensor | None = None,
+    background_side: Literal["right", "left"] = "right",
+    width: int = 2,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Fill the holes that are thin along their row, from their background-side neighbour.
+
+    A run of at most ``width`` hole pixels in a row (bounded by valid pixels or the frame's
+    edge, with at least one valid pixel beside it) takes the colour, and the disparity, of the
+    neighbour :func:`propagate_background` picks (the farther one with disparity).
+
+    Args:
+        image: ``[B,C,H,W]`` float; holes: ``[B,1,H,W]`` bool; disparity: optional
+            ``[B,1,H,W]`` (larger = nearer).
+
+    Returns:
+        ``(image, holes, disparity)``: the image with the thin runs filled, the holes left
+        (the wider runs) and the disparity with the thin runs' values (``None`` stays None).
+
+    Example:
+        >>> img = torch.tensor([[[[0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 2.0]]]])
+        >>> holes = torch.tensor([[[[False, True, False, True, True, True, False]]]])
+        >>> out, left, _ = fill_thin_holes(img, holes, width=2)
+        >>> out[0, 0, 0].tolist(), left[0, 0, 0].tolist()
+        ([0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 2.0], [False, False, False, True, True, True, False])
+    """
+    valid = ~holes[:, 0]
+    left, right = _nearest_valid(valid)
+    run = torch.where(right >= 0, right, valid.shape[-1]) - left - 1  # left is -1 at the edge
+    thin = ~valid & (run <= width) & ((left >= 0) | (right >= 0))
+    if not bool(thin.any()):
+        return image, holes, disparity
+    filled, source = propagate_background(image, holes, disparity, background_side)
+    thin = thin.unsqueeze(1)
+    image = torch.where(thin, filled, image)
+    if disparity is not None:
+        disparity = torch.where(thin, disparity.gather(-1, source.clamp(min=0).unsqueeze(1)), disparity)
+    return image, holes & ~thin, disparity
+
+
 def fill_holes(
     image: torch.Tensor,
     holes: torch.Tensor,
@@ -91,6 +137,7 @@ def fill_holes(
     inpaint: bool = True,
     inpaint_radius: int = 3,
     guard: int = 2,
+    thin: int = 0,
 ) -> torch.Tensor:
     """Fill the holes of a warped view; valid pixels are returned unchanged.
 
@@ -100,6 +147,9 @@ def fill_holes(
         disparity: optional ``[B,1,H,W]`` of the warped view, to find the background side.
         inpaint: smooth the fill with OpenCV's Telea inpainting (else pure propagation).
         guard: width in pixels of the foreground band hidden from the inpainting.
+        thin: with inpainting, runs of at most this many hole pixels along a row are filled
+            first from their background-side neighbour (:func:`fill_thin_holes`) and become
+            valid context; only the wider holes are inpainted (0 = inpaint every hole).
 
     Example:
         >>> img = torch.zeros(1, 3, 4, 8); img[..., 5:] = 1.0
@@ -117,6 +167,10 @@ def fill_holes(
     if not inpaint or image.shape[1] not in (1, 3):
         filled, _ = propagate_background(image, holes, disparity, background_side)
         return torch.where(holes, filled, image)
+    if thin > 0:
+        image, holes, disparity = fill_thin_holes(image, holes, disparity, background_side, thin)
+        if not bool(holes.any()):
+            return image
     on_cpu = image.device.type == "cpu" and image.dtype == torch.float32 and not image.requires_grad
     compiled = on_cpu and _fill_kernel.available()
     if compiled:
@@ -199,6 +253,7 @@ def fill_holes_u8(
     background_side: Literal["right", "left"] = "right",
     inpaint_radius: int = 3,
     guard: int = 2,
+    thin: int = 0,
     pool=None,
 ) -> bool:
     """:func:`fill_holes` (with inpainting and disparity) of ``uint8`` frames, in place: the
@@ -208,35 +263,41 @@ def fill_holes_u8(
     Args:
         frames: ``uint8`` ``[B,H,W,C]`` (any strides, e.g. one eye of a side-by-side frame).
         holes: bool ``[B,H,W]``; disparity: float32 ``[B,H,W]`` of the warped view.
+        thin: as ``fill_holes``'s: thin runs are filled from their background-side neighbour
+            by a compiled row pass (``holes`` and ``disparity`` are not changed: the frame's
+            remaining holes and their disparity are copies).
         pool: an executor to spread the frames over (else one after another).
 
-    Returns False, with nothing changed, when a frame has a row without any pixel to fill
-    from (``fill_holes`` gives that row the frame's mean colour): the caller takes the float
-    path. Telea's inpainting reads ``inpaint_radius`` (+1) pixels around a hole and the
-    context ``guard`` + 1 columns, so a window ``2 * inpaint_radius + guard + 4`` pixels past
-    the holes gives the whole frame's result (bands of rows further apart than two such
-    margins do not see each other).
+    Returns False when a frame has a row without any pixel to fill from (``fill_holes`` gives
+    that row the frame's mean colour): the caller takes the float path (the frames may hold
+    the thin fill by then, nothing else). Telea's inpainting reads ``inpaint_radius`` (+1)
+    pixels around a hole and the context ``guard`` + 1 columns, so a window
+    ``2 * inpaint_radius + guard + 4`` pixels past the holes gives the whole frame's result
+    (bands of rows further apart than two such margins do not see each other).
     """
     margin = 2 * inpaint_radius + guard + 4
     bg_right = background_side == "right"
     disparity = np.ascontiguousarray(disparity, dtype=np.float32)
 
     def context(i: int):
+        mask, disp = holes[i], disparity[i]
+        if thin > 0:
+            mask, disp = _fill_kernel.fill_thin_u8(frames[i], mask, disp, thin)
         pieces = []
-        for window in _windows(holes[i], margin):
-            pixels = _fill_kernel.context_u8(frames[i], holes[i], disparity[i], bg_right, guard, window)
+        for window in _windows(mask, margin):
+            pixels = _fill_kernel.context_u8(frames[i], mask, disp, bg_right, guard, window)
             if pixels is None:
                 return None
             pieces.append((window, pixels))
-        return pieces
+        return mask, pieces
 
-    def paint(i: int, pieces) -> None:
-        for (y0, y1, x0, x1), pixels in pieces:
-            mask = holes[i, y0:y1, x0:x1]
-            painted = cv2.inpaint(
-                pixels, np.ascontiguousarray(mask, np.uint8), inpaint_radius, cv2.INPAINT_TELEA
-            )
-            np.copyto(frames[i, y0:y1, x0:x1], painted, where=mask[..., None])
+    def paint(i: int, context) -> None:
+        holes_left, pieces = context
+        for window, pixels in pieces:
+            y0, y1, x0, x1 = window
+            mask = holes_left[y0:y1, x0:x1].view(np.uint8)
+            painted = cv2.inpaint(pixels, np.ascontiguousarray(mask), inpaint_radius, cv2.INPAINT_TELEA)
+            _fill_kernel.paste_window(frames[i], painted, holes_left, window)
 
     indices = range(len(frames))
     contexts = list(pool.map(context, indices)) if pool is not None else [context(i) for i in indices]

@@ -76,6 +76,10 @@ class StereoRenderer:
         eye: ``"both"``, ``"right"`` or ``"left"``: which eyes are synthesized.
         edge_dilation: ``(x, y)`` radius of the near-side dilation of the disparity, pixels.
         inpaint: smooth the hole fill with inpainting (else row-wise propagation only).
+        thin_holes: holes at most this many pixels wide along a row (the seams where held
+            depth meets fresh depth) are filled from their background-side neighbour instead of
+            being inpainted (:func:`~spatialdreamer.stereo.fill.fill_thin_holes`); 0 = inpaint
+            all.
 
     Example:
         >>> render = StereoRenderer(eye="both")
@@ -85,11 +89,18 @@ class StereoRenderer:
     """
 
     def __init__(
-        self, eye: str = "both", edge_dilation: tuple[int, int] = (2, 1), inpaint: bool = True
+        self,
+        eye: str = "both",
+        edge_dilation: tuple[int, int] = (2, 1),
+        inpaint: bool = True,
+        thin_holes: int = 2,
     ) -> None:
         if eye not in EYES:
             raise ValueError(f"--eye must be one of {', '.join(EYES)}, got {eye!r}")
+        if thin_holes < 0:
+            raise ValueError(f"thin_holes must be >= 0 pixels, got {thin_holes}")
         self.eye = eye
+        self.thin_holes = thin_holes
         self.edge_dilation = edge_dilation
         self.inpaint = inpaint
         self.timings = {"warp": 0.0, "fill": 0.0}
@@ -121,6 +132,7 @@ class StereoRenderer:
                 warped_disparity,
                 background_side="right" if eye == "right" else "left",
                 inpaint=self.inpaint,
+                thin=self.thin_holes,
             )
             self.timings["warp"] += middle - start
             self.timings["fill"] += time.perf_counter() - middle
@@ -167,6 +179,7 @@ class StereoRenderer:
                 holes,
                 warped_disparity,
                 background_side="right" if eye == "right" else "left",
+                thin=self.thin_holes,
                 pool=pool,
             )
             self.timings["warp"] += middle - start
