@@ -3,7 +3,10 @@
 decode chunk → depth → shot-level normalisation (reset at cuts) → per-shot screen plane and
 comfort budget → disparity, held steady where the picture is still → forward warp to each
 synthesized eye → hole fill → stereo layout → encode (source audio copied). The rendering stages live in
-:mod:`spatialdreamer.stereo` (``render``, ``stabilize``, ``comfort``).
+:mod:`spatialdreamer.stereo` (``render``, ``stabilize``, ``comfort``). The depth stabiliser looks
+``lookahead`` frames ahead, so the depth stage hands each frame on with its disparity that many
+frames late (:class:`_Delay`), across chunks; it flushes at a cut, where a resumable part ends
+(so each part's snapshot holds no pending frame) and at the end of the video.
 The output appears under its final name only once it is complete; an existing file is kept
 unless ``overwrite`` is set. Its suffix picks the container (and the codec when none is
 named); a still picture in gives a stereo picture out (PNG/JPEG). Videos are encoded in parts

@@ -34,9 +34,10 @@ def _wobbling_clip(frames: int = 60, h: int = 48, w: int = 96):
     return video, truth, raw
 
 
-def test_stabilizer_holds_still_pixels_through_drift_and_noise_and_does_not_drag_moving_ones():
+@pytest.mark.parametrize("lookahead", [0, 4])
+def test_stabilizer_holds_still_pixels_through_drift_and_noise_and_does_not_drag_moving_ones(lookahead):
     video, truth, raw = _wobbling_clip()
-    steady = DepthStabilizer(0.85)(video, raw)
+    steady = DepthStabilizer(0.85, lookahead=lookahead)(video, raw)
     plain_average = DepthStabilizer(0.85, slowest=1.0)(video, raw)  # the stabiliser before
     top = (slice(10, None), slice(None), slice(0, 20))  # never near the square, after 10 frames
     raw_change = (raw[1:] - raw[:-1])[top].abs().mean()
