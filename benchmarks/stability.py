@@ -17,12 +17,17 @@ each eye compared with the decoded source. Two masks of "still":
   (± the largest disparity of an eye, plus 2 px, and ± 1 row): only there is every change of
   the eye added by the conversion. This is the shimmer the issue measured (17×).
 
-Rows: the codec floor (``--budget 0``: both eyes are the source, re-encoded), defaults,
-``--smoothing 0``, and, rendered in-process without encoding, the defaults and the same
-disparity frozen at its first frame (a perfectly steady disparity: what warp and fill add
-alone). The in-process rows also give the *lag on moving pixels* (source change >= 10 grey
-levels): the mean difference in disparity between the stabilised and the raw estimate there;
-near 0 = moving objects take their new depth at once (no ghosting).
+Rows: the codec floor (``--budget 0``: both eyes are the source, re-encoded), the stabiliser
+as it was before its look-ahead and feathering (``before``), the defaults, ``--hold 1`` (the
+output hold, :class:`~spatialdreamer.stereo.stabilize.OutputHold`), and, rendered in-process
+without encoding, the same plus the seams feathered over 13 px and the disparity frozen at its
+first frame (a perfectly steady disparity: what warp and fill add alone). The in-process rows
+also give the *lag on moving pixels* (source change >= 10 grey levels): the mean difference in
+disparity between the stabilised and the raw estimate there; near 0 = moving objects take
+their new depth at once (no ghosting); the *hole share* of the synthesized eyes (before the
+fill); the stabiliser's and the hold's CPU ms per frame (process time, all threads); and the
+share of eye pixels the hold kept. The encoded rows give the converter's own stage times for
+the stabiliser and the hold (wall time in its thread, so they include waiting for the CPU).
 
 The stand-in clips (``--frames 0`` skips them), rendered through the converter's own stages
 (depth → shot normalisation → :class:`~spatialdreamer.stereo.comfort.ConvergencePlanner` →
@@ -54,6 +59,7 @@ Run: ``python -m benchmarks.stability [--video PATH | --video ''] [--frames 80] 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 import time
 from pathlib import Path
@@ -62,16 +68,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import spatialdreamer.convert as convert_module
 from spatialdreamer.convert import ConvertOptions, convert_video
 from spatialdreamer.depth import TemporalNormalizer, load_depth_estimator
 from spatialdreamer.dvg import forward_warp
+from spatialdreamer.dvg.disparity import dilate_foreground
 from spatialdreamer.stereo import fill_holes
 from spatialdreamer.stereo.comfort import ConvergencePlanner
-from spatialdreamer.stereo.render import StereoRenderer
-from spatialdreamer.stereo.stabilize import DepthStabilizer
+from spatialdreamer.stereo.render import StereoRenderer, warp_with_borders
+from spatialdreamer.stereo.stabilize import DepthStabilizer, OutputHold
 from spatialdreamer.synth import make_scene
 from spatialdreamer.video import probe_video, stream_frames
 from spatialdreamer.video.samples import sample_video
+from spatialdreamer.video.writer import quantize
 
 STILL = 2 / 255  # a source pixel counts as still when it changes by less than this
 NOISE = 0.3  # grey levels of sensor-like noise before rounding: a clean, decoded source
@@ -164,31 +173,75 @@ def render(
     convergence,
     chunk: int = 16,
     freeze: bool = False,
+    lookahead: int = 4,
+    feather: int | None = 0,
+    hold: float = 0.0,
+    stats: dict | None = None,
 ):
-    """The converter's rendering chain over ``[T,3,H,W]`` uint8 frames, chunk by chunk; with
-    ``freeze``, every frame gets the first frame's disparity. Returns ``(eyes {name: [T,1,H,W]
-    grey as in :func:`grey_levels`}, lag on the ``moving`` pixels in px, seconds)``."""
-    normalizer, stabilizer = TemporalNormalizer(), DepthStabilizer(smoothing)
+    """The converter's rendering chain over ``[T,3,H,W]`` uint8 frames, chunk by chunk (the
+    stabiliser's look-ahead across chunks, its frames coming out ``lookahead`` late, as in
+    ``convert``); with ``freeze``, every frame gets the first frame's disparity; ``hold`` > 0:
+    the output hold of the converter (on full SBS ``uint8`` frames). Returns ``(eyes {name:
+    [T,1,H,W] grey as in :func:`grey_levels`}, lag on the ``moving`` pixels in px, seconds)``;
+    ``stats`` gets the hole share of the synthesized eyes (``holes``, %), the stabiliser's and
+    the hold's CPU ms per frame and the share of eye pixels held."""
+    normalizer = TemporalNormalizer()
+    stabilizer = DepthStabilizer(smoothing, lookahead=lookahead, feather=feather)
+    holder = OutputHold(disparity=hold) if hold > 0 and eye != "before" else None
     planner = ConvergencePlanner(3.0, None if convergence == "auto" else convergence)
     renderer = _previous_renderer if eye == "before" else StereoRenderer(eye)
     eyes: dict[str, list[torch.Tensor]] = {"left": [], "right": []}
-    lags, first = [], None
+    lags, first, waiting = [], None, []
+    holes = pixels = done = 0
+    cpu = {"stabilize": 0.0, "hold": 0.0}
     began = time.perf_counter()
-    for start in range(0, len(frames_u8), chunk):
-        frames = frames_u8[start : start + chunk].float() / 255.0
-        raw = planner(normalizer(estimator(frames)))
-        steady = stabilizer(frames, raw)
+    starts = list(range(0, len(frames_u8), chunk))
+    for start in [*starts, None]:
+        if start is not None:
+            frames = frames_u8[start : start + chunk].float() / 255.0
+            raw = planner(normalizer(estimator(frames)))
+            waiting.append((frames, raw))
+            tick = time.process_time()
+            steady = stabilizer.push(frames, raw)
+        else:
+            tick = time.process_time()
+            steady = stabilizer.flush()
+        cpu["stabilize"] += time.process_time() - tick
+        if len(steady) == 0:
+            continue
+        frames, raw = (torch.cat(t) for t in zip(*waiting, strict=True))
+        waiting = [(frames[len(steady) :], raw[len(steady) :])]
+        frames, raw = frames[: len(steady)], raw[: len(steady)]
         if freeze:
             first = steady[:1] if first is None else first
             steady = first.expand_as(steady)
         left, right = renderer(frames, steady)
+        if holder is not None:
+            packed = torch.cat([quantize(frames if v is None else v, torch.uint8) for v in (left, right)], -1)
+            tick = time.process_time()
+            holder(frames, steady, packed, "full-sbs", renderer.shares(), renderer.shares())
+            cpu["hold"] += time.process_time() - tick
+            w = frames.shape[-1]
+            views = {"left": packed[..., :w], "right": packed[..., w:]}
+            left, right = (views[e] if e in renderer.shares() else None for e in ("left", "right"))
+        if eye != "before":
+            dilated = dilate_foreground(steady, renderer.edge_dilation)
+            for side, share in renderer.shares().items():
+                found = warp_with_borders(frames, dilated * share, towards=side).holes
+                holes, pixels = holes + int(found.sum()), pixels + found.numel()
         for name, view in (("left", left), ("right", right)):
             if view is not None:
                 eyes[name].append(grey_levels(view))
         # the moving mask is of changes from the frame before: frame t's pixels in mask t - 1
-        now = moving[max(start - 1, 0) : start + len(frames) - 1]
+        now = moving[max(done - 1, 0) : done + len(frames) - 1]
         lags.append((steady - raw)[len(frames) - len(now) :].abs()[now])
+        done += len(frames)
     seconds = time.perf_counter() - began
+    if stats is not None:
+        n = len(frames_u8)
+        stats.update({k: v / n * 1000 for k, v in cpu.items()})
+        stats["holes"] = 100 * holes / max(pixels, 1)
+        stats["held"] = 100 * holder.held / max(holder.frames, 1) if holder is not None else 0.0
     return {k: torch.cat(v) for k, v in eyes.items() if v}, float(torch.cat(lags).mean()), seconds
 
 
@@ -234,7 +287,7 @@ def decoded_grey(path) -> torch.Tensor:
     return torch.cat([grey_levels(chunk.frames) for chunk in stream_frames(path, 16)])
 
 
-def real_video(path: Path, frames: int | None) -> None:
+def real_video(path: Path, frames: int | None, encode: bool = True) -> None:
     """The converter on a real clip, its output decoded: see the module docstring."""
     source_u8 = torch.cat([chunk.frames for chunk in stream_frames(path, 16)])[:frames]
     source = grey_levels(source_u8)
@@ -250,29 +303,42 @@ def real_video(path: Path, frames: int | None) -> None:
     print(f"{path.name}: {t} frames at {w}x{h}; the source changes, in grey levels per frame,")
     print(f"  {base['pixels']:.3f} on still pixels ({share['pixels']:.0f} %),")
     print(f"  {base['regions']:.3f} on still regions of ± {reach} px ({share['regions']:.0f} %)")
-    print(f"{'':>44} {'still pixels':>13} {'still regions':>13}")
-    print(f"{'row':>44} {'left':>6} {'right':>6} {'left':>6} {'right':>6} {'lag px':>6} {'s':>5}")
+    print(f"{'':>52} {'still pixels':>13} {'still regions':>13}{'':>7} {'holes':>6} {'CPU ms/frame':>12}")
+    print(
+        f"{'row':>52} {'left':>6} {'right':>6} {'left':>6} {'right':>6} {'lag px':>6} {'%':>6}"
+        f" {'stab':>5} {'hold':>6} {'held %':>6} {'s':>5}"
+    )
 
-    def row(name: str, eyes: dict[str, torch.Tensor], lag: float | None, seconds: float) -> None:
+    def row(name: str, eyes: dict[str, torch.Tensor], lag: float | None, seconds: float, stats=None) -> None:
         cells = [
             mean_change(eyes[e], masks[m]) / base[m] for m in ("pixels", "regions") for e in ("left", "right")
         ]
         lag_cell = f"{lag:6.3f}" if lag is not None else f"{'-':>6}"
+        stats = stats or {}
+        extra = " ".join(
+            f"{stats[k]:{n}.{p}f}" if k in stats else f"{'-':>{n}}"
+            for k, n, p in (("holes", 6, 3), ("stabilize", 5, 1), ("hold", 6, 1), ("held", 6, 1))
+        )
         print(
-            f"{name:>44} " + " ".join(f"{c:6.2f}" for c in cells) + f" {lag_cell} {seconds:5.0f}", flush=True
+            f"{name:>52} " + " ".join(f"{c:6.2f}" for c in cells) + f" {lag_cell} {extra} {seconds:5.0f}",
+            flush=True,
         )
 
     end = (t - 0.5) / fps if frames else None
     with tempfile.TemporaryDirectory() as tmp:
+        if not encode:
+            return _in_process_rows(source_u8, source, row, defaults)
         out = Path(tmp) / "sbs.mp4"
-        for name, changes in (
-            ("codec floor: --budget 0 (eyes = source)", {"budget": 0.0}),
-            ("defaults", {}),
-            ("--smoothing 0", {"smoothing": 0.0}),
+        for name, changes, before in (
+            ("codec floor: --budget 0 (eyes = source)", {"budget": 0.0}, False),
+            (_BEFORE, {"hold": 0.0}, True),
+            ("defaults", {}, False),
+            ("--hold 1", {"hold": 1.0}, False),
         ):
             began = time.perf_counter()
             options = ConvertOptions(depth_model="parallax", overwrite=True, end=end, **changes)
-            convert_video(path, out, options)
+            with _stabiliser_before(before):
+                report = convert_video(path, out, options)
             seconds = time.perf_counter() - began
             sbs = decoded_grey(out)[:t]
             row(
@@ -280,10 +346,22 @@ def real_video(path: Path, frames: int | None) -> None:
                 {"left": sbs[..., : sbs.shape[-1] // 2], "right": sbs[..., sbs.shape[-1] // 2 :]},
                 None,
                 seconds,
+                {k: report.stage_seconds.get(k, 0.0) / report.frames * 1000 for k in ("stabilize", "hold")},
             )
+    _in_process_rows(source_u8, source, row, defaults)
+
+
+def _in_process_rows(source_u8, source, row, defaults) -> None:
     moving = _change(source) >= MOVING * 255
-    for name, freeze in (("defaults", False), ("disparity frozen at frame 0", True)):
+    for name, changes in (
+        (_BEFORE, {"lookahead": 0, "feather": 0}),
+        ("defaults", {"hold": defaults.hold}),
+        ("--hold 1", {"hold": 1.0}),
+        ("feather 13 px (seams ramped)", {"feather": 13}),
+        ("disparity frozen at frame 0", {"freeze": True}),
+    ):
         estimator = load_depth_estimator("parallax", device="cpu")
+        stats: dict = {}
         eyes, lag, seconds = render(
             source_u8,
             moving,
@@ -292,9 +370,28 @@ def real_video(path: Path, frames: int | None) -> None:
             eye=defaults.eye,
             convergence=defaults.convergence,
             chunk=defaults.chunk_size,
-            freeze=freeze,
+            stats=stats,
+            **{"lookahead": defaults.lookahead, **changes},
         )
-        row(f"not encoded, {name}", eyes, lag, seconds)
+        row(f"not encoded, {name}", eyes, lag, seconds, stats)
+
+
+_BEFORE = "before (stabiliser: no look-ahead, no feather)"
+
+
+@contextlib.contextmanager
+def _stabiliser_before(before: bool):
+    """The converter with the stabiliser as it was before its look-ahead and feathering (the
+    look-ahead of 0 and the feathering of 0 px give exactly the earlier filter)."""
+    if not before:
+        yield
+        return
+    original = convert_module.DepthStabilizer
+    convert_module.DepthStabilizer = lambda strength, lookahead=0: original(strength, lookahead=0, feather=0)
+    try:
+        yield
+    finally:
+        convert_module.DepthStabilizer = original
 
 
 def _time_renderers(width: int, height: int, frames: int = 4, repeats: int = 3) -> None:
@@ -327,6 +424,7 @@ def main() -> None:
         "installed); '' to skip",
     )
     parser.add_argument("--video-frames", type=int, default=None, help="only the first N frames of --video")
+    parser.add_argument("--no-encode", action="store_true", help="only the in-process rows of --video")
     parser.add_argument("--frames", type=int, default=80, help="frames of the stand-in clips; 0 to skip them")
     parser.add_argument("--size", default="384x216", help="WxH of the stand-in clips")
     parser.add_argument("--speed", metavar="WxH", help="also time the renderer per frame at this size")
@@ -334,7 +432,7 @@ def main() -> None:
     if args.speed:
         _time_renderers(*map(int, args.speed.split("x")))
     if args.video:
-        real_video(Path(args.video), args.video_frames)
+        real_video(Path(args.video), args.video_frames, encode=not args.no_encode)
     if args.frames:
         stand_ins(args.frames, *map(int, args.size.split("x")))
 
@@ -357,7 +455,7 @@ def stand_ins(frames: int, width: int, height: int) -> None:
     }
     reach = int(0.03 * width) + 4
     print(f"{frames} frames at {width}x{height}; shimmer ratio = eye / source change on still regions")
-    head = f"{'clip':>30} {'eye':>5} {'convergence':>11} {'smoothing':>9}"
+    head = f"{'clip':>30} {'eye':>5} {'convergence':>11} {'smoothing':>9} {'hold':>4}"
     print(f"{head} {'right':>6} {'left':>6} {'lag px':>6} {'s':>5}")
     for name, (clip, moving, make_estimator) in clips.items():
         source = grey_levels(clip)
@@ -366,20 +464,28 @@ def stand_ins(frames: int, width: int, height: int) -> None:
             f"{name}: {float(still.float().mean()) * 100:.0f} % of pixels still; the source changes "
             f"{mean_change(source, still):.3f} grey levels per frame there"
         )
-        for eye, convergence, smoothing in (
-            ("before", 0.5, 0.0),  # the converter before: one eye, plain warp and fill, no smoothing
-            ("right", 0.5, 0.0),
-            ("both", 0.5, 0.0),
-            ("both", 0.5, 0.85),
-            ("both", "auto", 0.85),
+        for eye, convergence, smoothing, hold in (
+            ("before", 0.5, 0.0, 0.0),  # the converter before: one eye, plain warp and fill, no smoothing
+            ("right", 0.5, 0.0, 0.0),
+            ("both", 0.5, 0.0, 0.0),
+            ("both", 0.5, 0.85, 0.0),
+            ("both", 0.5, 0.85, 0.5),
+            ("both", "auto", 0.85, 0.5),
         ):
             views, lag, seconds = render(
-                clip, moving, make_estimator(), smoothing=smoothing, eye=eye, convergence=convergence
+                clip,
+                moving,
+                make_estimator(),
+                smoothing=smoothing,
+                eye=eye,
+                convergence=convergence,
+                hold=hold,
             )
             ratios = {k: mean_change(v, still) / mean_change(source, still) for k, v in views.items()}
             cells = " ".join(f"{ratios[k]:6.2f}" if k in ratios else f"{'-':>6}" for k in ("right", "left"))
             print(
-                f"{name:>30} {eye:>5} {convergence!s:>11} {smoothing:9.2f} {cells} {lag:6.3f} {seconds:5.1f}"
+                f"{name:>30} {eye:>5} {convergence!s:>11} {smoothing:9.2f} {hold:4.1f} {cells}"
+                f" {lag:6.3f} {seconds:5.1f}"
             )
 
 

@@ -3,7 +3,10 @@
 decode chunk → depth → shot-level normalisation (reset at cuts) → per-shot screen plane and
 comfort budget → disparity, held steady where the picture is still → forward warp to each
 synthesized eye → hole fill → stereo layout → encode (source audio copied). The rendering stages live in
-:mod:`spatialdreamer.stereo` (``render``, ``stabilize``, ``comfort``).
+:mod:`spatialdreamer.stereo` (``render``, ``stabilize``, ``comfort``). The depth stabiliser looks
+``lookahead`` frames ahead, so the depth stage hands each frame on with its disparity that many
+frames late (:class:`_Delay`), across chunks; it flushes at a cut, where a resumable part ends
+(so each part's snapshot holds no pending frame) and at the end of the video.
 The output appears under its final name only once it is complete; an existing file is kept
 unless ``overwrite`` is set. Its suffix picks the container (and the codec when none is
 named); a still picture in gives a stereo picture out (PNG/JPEG). Videos are encoded in parts
@@ -45,7 +48,7 @@ from spatialdreamer.stereo.comfort import ComfortBound, ConvergencePlanner, chec
 from spatialdreamer.stereo.images import IMAGE_SUFFIXES, StereoImageWriter
 from spatialdreamer.stereo.refiner import StreamingRefiner, load_refiner_pipeline
 from spatialdreamer.stereo.render import EYES, RefinedEye, StereoRenderer
-from spatialdreamer.stereo.stabilize import DepthStabilizer
+from spatialdreamer.stereo.stabilize import DepthStabilizer, OutputHold
 from spatialdreamer.video import DecodeStats, VideoError, VideoInfo, VideoWriter, probe_video, stream_frames
 from spatialdreamer.video.shots import CutDetector
 from spatialdreamer.video.writer import (
@@ -102,8 +105,12 @@ class ConvertOptions:
     ``"auto"``: per shot, the salient depth on the screen and the parallax held inside
     ``comfort`` = (in front, behind) % of the width. ``eye``: which eyes are synthesized
     (``both`` = half the disparity each). ``smoothing``: how much of its previous depth a
-    static pixel keeps per frame (0 = off); ``report``: a .csv/.json file of each shot's
-    screen plane and budget."""
+    static pixel keeps per frame (0 = off); ``lookahead``: frames the screen plane and the
+    depth stabiliser look ahead (the depth stage hands frames on that many frames late);
+    ``hold``: the largest disparity change (px) under which an output pixel whose source
+    neighbourhood is unchanged keeps its previous value (0 = off; see
+    :class:`~spatialdreamer.stereo.stabilize.OutputHold`); ``report``: a .csv/.json file of each
+    shot's screen plane and budget."""
 
     format: str = "full-sbs"
     depth_model: str = DEFAULT_DEPTH_MODEL
@@ -114,6 +121,7 @@ class ConvertOptions:
     comfort: tuple[float, float] = (2.0, 1.5)
     smoothing: float = 0.85
     lookahead: int = 4
+    hold: float = 0.0
     report: str | None = None
     device: str = "auto"
     start: float | None = None
@@ -156,6 +164,8 @@ class ConvertOptions:
             raise ValueError(f"--smoothing must be in [0, 1), got {self.smoothing}")
         if self.lookahead < 0:
             raise ValueError(f"--lookahead must be >= 0 frames, got {self.lookahead}")
+        if not 0.0 <= self.hold <= 4.0:
+            raise ValueError(f"--hold must be in [0, 4] pixels of disparity, got {self.hold}")
         if self.report is not None:
             check_report_path(self.report)
         if self.start is not None and self.start < 0:
@@ -322,7 +332,11 @@ def convert_video(
         )
     queue = _PairQueue()
     normalizer = TemporalNormalizer()
-    stabilizer = DepthStabilizer(options.smoothing)
+    stabilizer = DepthStabilizer(options.smoothing, lookahead=options.lookahead)
+    delay = _Delay()  # frames whose disparity waits for the stabiliser's look-ahead
+    # the output hold restarts with each part (and shot), so a resumed run renders the same
+    hold = OutputHold(disparity=options.hold) if options.hold > 0 and not options.refiner else None
+    rendered = 0  # frames through the render stage, this run
     planner = ConvergencePlanner(
         options.budget,
         None if options.convergence == "auto" else float(options.convergence),
@@ -341,7 +355,10 @@ def convert_video(
         end = None
     total = round(((end if end is not None else info.duration) - start) * info.fps)
     began = time.perf_counter()
-    timings = {name: 0.0 for name in ("decode", "cuts", "depth", "warp", "fill", "compose", "encode")}
+    timings = {
+        name: 0.0
+        for name in ("decode", "cuts", "depth", "stabilize", "warp", "fill", "compose", "hold", "encode")
+    }
     done = 0
     stats = DecodeStats()
     # every stage whose state carries from one chunk to the next: saved with each part
@@ -388,21 +405,23 @@ def convert_video(
         timings[name] += time.perf_counter() - start
         return result
 
-    def depth_stage(chunk):
-        """Its busy time is counted by ``run_overlapped`` as "depth" (the cut detector's share
-        is taken out at the end)."""
+    def depth_stage(chunk) -> list[torch.Tensor]:
+        """Depth of a chunk, held steady by the stabiliser, which returns the disparity of
+        earlier frames (``lookahead`` frames behind, all of a shot at its cut). Its busy time
+        is counted by ``run_overlapped`` as "depth" (the cut detector's and the stabiliser's
+        shares are taken out at the end)."""
         flags = timed("cuts", cuts, _eight_bits(chunk.frames))
         frames = chunk.frames.to(device).float().div_(PEAK[chunk.frames.dtype])
-        disparity = None
+        delay.add(chunk.frames, chunk.timestamps, frames, flags)
+        ready = []
         for a, b, is_cut in _segments(flags):
             if is_cut:
+                ready.append(timed("stabilize", stabilizer.flush))  # the look-ahead stops at a cut
                 for stage in (estimator, normalizer, stabilizer, planner):
                     stage.reset()
-            part = _disparity(frames[a:b], estimator, normalizer, stabilizer, planner)
-            if disparity is None:
-                disparity = part.new_empty((len(chunk), *part.shape[1:]))
-            disparity[a:b] = part
-        return chunk, frames, disparity, flags
+            planned = planner(normalizer(estimator(frames[a:b])))
+            ready.append(timed("stabilize", stabilizer.push, frames[a:b], planned))
+        return ready
 
     def pack(source: torch.Tensor, left: torch.Tensor | None, right: torch.Tensor | None) -> torch.Tensor:
         """Lay out one chunk; ``None`` is the eye that is the source (``uint8``, as decoded)."""
@@ -422,12 +441,18 @@ def convert_video(
         return torch.cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces])
 
     def render_stage(item):
+        nonlocal rendered
+        if item is None:  # every frame so far waits for the stabiliser's look-ahead
+            return None
         chunk, frames, disparity, flags = item
         if refiner is None:
             packed = render_layout(renderer, chunk.frames, frames, disparity, options.format, timings)
-            if packed is not None:
-                return chunk.timestamps, packed
-            return chunk.timestamps, pack(chunk.frames, *renderer(frames, disparity))
+            if packed is None:
+                packed = pack(chunk.frames, *renderer(frames, disparity))
+            if hold is not None:
+                timed("hold", held, frames, disparity, packed, flags)
+            rendered += len(packed)
+            return chunk.timestamps, packed
         queue.add(chunk.frames, chunk.timestamps)
         ready = []
         for a, b, is_cut in _segments(flags):
@@ -436,16 +461,35 @@ def convert_video(
             ready.append(renderer.push(frames[a:b], disparity[a:b]))
         return pack_ready(torch.cat([r.to(device) for r in ready]))
 
+    def held(frames, disparity, packed, flags) -> None:
+        """The output hold over one item, restarted at cuts and where a part begins."""
+        first = resumed + rendered  # the index of the item's first frame in the output
+        starts = [i for i in range(len(packed)) if flags[i] or (resumable and (first + i) % part_frames == 0)]
+        shares = renderer.shares()
+        for a, b in zip([0, *starts], [*starts, len(packed)], strict=True):
+            if a in starts:
+                hold.reset()
+            if b > a:
+                hold(frames[a:b], disparity[a:b], packed[a:b], options.format, shares, shares)
+
     def depth_and_snapshot(chunk):
-        """The depth stage, then the state at the chunk's end when a part ends there."""
-        item = depth_stage(chunk)
+        """The depth stage, then the state at the chunk's end when a part ends there. A part
+        ends with every frame of it stabilised (the look-ahead stops there, as at a cut), so
+        its snapshot holds no pending frames and a rerun resumes from it exactly; ``None``
+        (the end of the video) flushes the frames still pending."""
+        if chunk is None:
+            return delay.take([timed("stabilize", stabilizer.flush)])
+        ready = depth_stage(chunk)
         end_frame = resumed + chunk.start_index + len(chunk)
         if resumable and end_frame % part_frames == 0:
+            ready.append(timed("stabilize", stabilizer.flush))
             snapshots[end_frame] = snapshot_state(stateful)
-        return item
+        return delay.take(ready)
 
     def encode_stage(item):
         nonlocal done
+        if item is None:
+            return
         stamps, packed = item
         if packed is None:  # the refiner holds these frames back for the next chunk
             return
@@ -468,6 +512,7 @@ def convert_video(
         except VideoError as exc:
             if not (resumed and exc.reason == "no frames in the requested range"):
                 raise  # else every frame had been converted before the interruption
+        yield None  # the end: the frames the stabiliser holds for its look-ahead come out
 
     try:
         if progress is not None and resumed:
@@ -492,7 +537,7 @@ def convert_video(
             writer.abort()
         raise
     timings.pop("render")  # its parts: warp, fill, compose
-    timings["depth"] -= timings["cuts"]  # run_overlapped timed the whole depth stage
+    timings["depth"] -= timings["cuts"] + timings["stabilize"]  # run_overlapped timed the whole stage
     timings.update(renderer.timings)
     if options.report is not None:
         planner.write_report(options.report, info.fps)
@@ -563,10 +608,48 @@ def _eight_bits(frames: torch.Tensor) -> torch.Tensor:
     return frames.float().div_(257.0).round_().to(torch.uint8)
 
 
-def _disparity(frames, estimator, normalizer, stabilizer, planner) -> torch.Tensor:
-    """Frames of one shot → disparity in pixels: depth, shot range, planned screen plane and
-    budget, then held steady where the picture is still (the plan's changes included)."""
-    return stabilizer(frames, planner(normalizer(estimator(frames))))
+@dataclass
+class _Frames:
+    """Source frames as decoded and their timestamps (what the render stage reads of a chunk)."""
+
+    frames: torch.Tensor
+    timestamps: torch.Tensor
+
+
+class _Delay:
+    """Chunks waiting for their disparity: the stabiliser returns it ``lookahead`` frames late
+    (a cut, a part's end and the video's end flush it); :meth:`take` hands out the oldest frames
+    with the disparity that has come back for them, as the render stage's items."""
+
+    def __init__(self) -> None:
+        self._pieces: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[bool]]] = []
+
+    def add(self, source: torch.Tensor, stamps, frames: torch.Tensor, flags: list[bool]) -> None:
+        self._pieces.append((source, torch.as_tensor(stamps, dtype=torch.float64), frames, list(flags)))
+
+    def take(self, ready: list[torch.Tensor]):
+        """``(frames, float frames, disparity, cut flags)`` of the oldest ``len(disparity)``
+        frames, ``disparity`` the concatenation of ``ready``; ``None`` when it is empty."""
+        ready = [r for r in ready if len(r)]
+        if not ready:
+            return None
+        disparity = torch.cat(ready) if len(ready) > 1 else ready[0]
+        n = len(disparity)
+        sources, stamps, frames, flags = [], [], [], []
+        while n > 0:
+            source, stamp, frame, flag = self._pieces[0]
+            take = min(n, len(source))
+            sources.append(source[:take])
+            stamps.append(stamp[:take])
+            frames.append(frame[:take])
+            flags.extend(flag[:take])
+            if take == len(source):
+                self._pieces.pop(0)
+            else:
+                self._pieces[0] = (source[take:], stamp[take:], frame[take:], flag[take:])
+            n -= take
+        cat = lambda pieces: pieces[0] if len(pieces) == 1 else torch.cat(pieces)  # noqa: E731
+        return _Frames(cat(sources), cat(stamps)), cat(frames), disparity, flags
 
 
 class _PairQueue:

@@ -85,10 +85,14 @@ def _assert_same_as(reference: Path, resumed: Path, exact: bool = False) -> None
     assert abs(_audio_seconds(resumed) - _audio_seconds(reference)) < 0.03
 
 
+@pytest.mark.parametrize("hold", [0.0, 0.5])
 def test_an_interrupted_conversion_resumes_with_the_frames_of_an_uninterrupted_run(
-    video_with_audio, tmp_path, monkeypatch
+    video_with_audio, tmp_path, monkeypatch, hold
 ):
-    encoded: dict[str, list] = {"full": [], "resumed": []}
+    """With the stabiliser's look-ahead (frames handed on late) and, with ``hold``, the output
+    hold, which both restart where a part begins."""
+    options = {**_OPTIONS, "hold": hold}
+    encoded: dict[str, list] = {"full": [], "interrupted": [], "resumed": []}
     write = resume_module.SegmentedVideoWriter.write
     run = "full"
 
@@ -97,9 +101,9 @@ def test_an_interrupted_conversion_resumes_with_the_frames_of_an_uninterrupted_r
         return write(self, frames, stamps)
 
     monkeypatch.setattr(resume_module.SegmentedVideoWriter, "write", spy)
-    full = convert_video(video_with_audio, tmp_path / "full.mp4", ConvertOptions(**_OPTIONS)).output
+    full = convert_video(video_with_audio, tmp_path / "full.mp4", ConvertOptions(**options)).output
 
-    run = "resumed"
+    run = "interrupted"
 
     def stop_after_two_parts(done: int, total: int) -> None:
         if done >= 28:
@@ -107,15 +111,18 @@ def test_an_interrupted_conversion_resumes_with_the_frames_of_an_uninterrupted_r
 
     out = tmp_path / "out.mp4"
     with pytest.raises(KeyboardInterrupt):
-        convert_video(video_with_audio, out, ConvertOptions(**_OPTIONS), progress=stop_after_two_parts)
+        convert_video(video_with_audio, out, ConvertOptions(**options), progress=stop_after_two_parts)
     assert not out.exists()
     assert _hidden(tmp_path) == [parts_folder_for(out).name]  # finished parts only, nothing else
-    report = convert_video(video_with_audio, out, ConvertOptions(**_OPTIONS))
+    run = "resumed"
+    report = convert_video(video_with_audio, out, ConvertOptions(**options))
     assert report.resumed_frames == 24 and report.frames == 48
     assert _hidden(tmp_path) == []
-    pieces = encoded["resumed"]
-    frames = torch.cat([f for f, _ in pieces[:6] + pieces[-6:]])  # before the stop + after resuming
-    stamps = torch.cat([s for _, s in pieces[:6] + pieces[-6:]])
+    # the finished parts before the stop, then what the rerun wrote
+    frames = torch.cat([f for f, _ in encoded["interrupted"]])[:24]
+    stamps = torch.cat([s for _, s in encoded["interrupted"]])[:24]
+    frames = torch.cat([frames, *(f for f, _ in encoded["resumed"])])
+    stamps = torch.cat([stamps, *(s for _, s in encoded["resumed"])])
     assert torch.equal(frames, torch.cat([f for f, _ in encoded["full"]]))
     assert torch.equal(stamps, torch.cat([s for _, s in encoded["full"]]))
     _assert_same_as(full, out)

@@ -34,9 +34,10 @@ def _wobbling_clip(frames: int = 60, h: int = 48, w: int = 96):
     return video, truth, raw
 
 
-def test_stabilizer_holds_still_pixels_through_drift_and_noise_and_does_not_drag_moving_ones():
+@pytest.mark.parametrize("lookahead", [0, 4])
+def test_stabilizer_holds_still_pixels_through_drift_and_noise_and_does_not_drag_moving_ones(lookahead):
     video, truth, raw = _wobbling_clip()
-    steady = DepthStabilizer(0.85)(video, raw)
+    steady = DepthStabilizer(0.85, lookahead=lookahead)(video, raw)
     plain_average = DepthStabilizer(0.85, slowest=1.0)(video, raw)  # the stabiliser before
     top = (slice(10, None), slice(None), slice(0, 20))  # never near the square, after 10 frames
     raw_change = (raw[1:] - raw[:-1])[top].abs().mean()
@@ -70,13 +71,20 @@ def test_big_buck_bunny_eyes_shimmer_at_most_three_times_the_source_on_still_reg
     source = F.interpolate(source.float(), size=(360, 640), mode="area").round().div_(255.0)
     estimator = load_depth_estimator("parallax", device="cpu")
     normalizer, planner = TemporalNormalizer(), ConvergencePlanner(3.0, 0.5)
-    stabilizer, renderer = DepthStabilizer(0.85), StereoRenderer("both")
+    stabilizer, renderer = DepthStabilizer(0.85, lookahead=4), StereoRenderer("both")
     eyes = {"left": [], "right": []}
-    for start in range(0, len(source), 16):
-        frames = source[start : start + 16]
-        left, right = renderer(frames, stabilizer(frames, planner(normalizer(estimator(frames)))))
+    done = 0
+    for start in [*range(0, len(source), 16), None]:  # as convert runs it: 4 frames late
+        if start is None:
+            steady = stabilizer.flush()
+        else:
+            frames = source[start : start + 16]
+            steady = stabilizer.push(frames, planner(normalizer(estimator(frames))))
+        left, right = renderer(source[done : done + len(steady)], steady)
+        done += len(steady)
         eyes["left"].append(_grey(left))
         eyes["right"].append(_grey(right))
+    assert done == len(source)
     grey = _grey(source)
     change = (grey[1:] - grey[:-1]).abs()
     reach = int(0.03 * 640 / 4) + 2  # each eye: half the 3 % budget, half of it either side
@@ -86,3 +94,98 @@ def test_big_buck_bunny_eyes_shimmer_at_most_three_times_the_source_on_still_reg
         eye = torch.cat(eye)
         ratio = (eye[1:] - eye[:-1]).abs()[still].mean() / change[still].mean()
         assert ratio <= 3.0, f"{name} eye shimmers {float(ratio):.2f}x the source"
+
+
+def _still_noisy(frames: int = 40, h: int = 24, w: int = 48, noise: float = 0.3, seed: int = 1):
+    gen = torch.Generator().manual_seed(seed)
+    video = torch.rand(1, 3, h, w, generator=gen).repeat(frames, 1, 1, 1)
+    raw = 4.0 + noise * torch.randn(frames, 1, h, w, generator=gen)
+    return video, raw
+
+
+def test_lookahead_averages_the_noise_of_still_pixels_centred_not_lagging():
+    video, raw = _still_noisy()
+    now = DepthStabilizer(0.85, lookahead=0, feather=0)(video, raw)
+    ahead = DepthStabilizer(0.85, lookahead=4, feather=0)(video, raw)
+    change = lambda d: (d[11:] - d[10:-1]).abs().mean()  # noqa: E731
+    assert change(ahead) < 0.6 * change(now)  # the target averages 5 estimates: noise / sqrt(5)
+    # a step of the estimate on a still picture: the look-ahead starts following before it
+    step = torch.cat([torch.zeros(20, 1, 24, 48), torch.ones(20, 1, 24, 48)])
+    ahead = DepthStabilizer(0.85, lookahead=4, feather=0)(video, step)
+    assert float(ahead[19].mean()) > 0.0 and float(ahead[15].mean()) == 0.0
+
+
+def test_lookahead_never_takes_depth_from_something_that_moves_in_later():
+    """A square arrives at frame 10: before it does, the pixels it will cover keep their depth
+    (no pre-echo of the square's depth); from then on they take the square's at once."""
+    video, _ = _still_noisy(20)
+    raw = torch.full((20, 1, 24, 48), 2.0)
+    square = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(3))
+    for t in range(10, 20):
+        video[t, :, 8:16, 20:28] = square
+        raw[t, :, 8:16, 20:28] = 9.0
+    out = DepthStabilizer(0.85, lookahead=4)(video, raw)
+    assert float((out[:10] - 2.0).abs().max()) < 1e-5
+    assert float((out[10, :, 8:16, 20:28] - 9.0).abs().max()) < 1e-5
+
+
+@pytest.mark.parametrize("sizes", [[40], [3, 5, 1, 31], [4] * 10])
+def test_pushed_in_any_pieces_the_stabiliser_gives_the_same_depth_lookahead_frames_late(sizes):
+    video, raw = _wobbling_clip(40)[0], _wobbling_clip(40)[2]
+    reference = DepthStabilizer(0.85, lookahead=4)(video, raw)
+    stab, out, start = DepthStabilizer(0.85, lookahead=4), [], 0
+    for n in sizes:
+        ready = stab.push(video[start : start + n], raw[start : start + n])
+        start += n
+        assert len(ready) == max(0, start - 4) - sum(len(o) for o in out)  # 4 frames behind
+        out.append(ready)
+    out.append(stab.flush())
+    assert stab.pending == 0
+    assert torch.equal(torch.cat(out), reference)
+
+
+def test_feathering_turns_the_seam_between_held_and_fresh_depth_into_a_ramp():
+    """A still picture whose estimate jumps by 4 px at frame 20 while a band in the middle
+    starts to move: the band takes the new depth at once, the still pixels beside it hold the
+    old one. Unfeathered the two meet in a 4 px step (a depth edge to the warp: a hole);
+    feathered, the depth changes by less than 1 px from one column to the next."""
+    frames, h, w = 24, 16, 96
+    gen = torch.Generator().manual_seed(0)
+    video = torch.rand(1, 3, h, w, generator=gen).repeat(frames, 1, 1, 1)
+    for t in range(20, frames):
+        video[t, :, :, 40:56] = torch.rand(3, h, 16, generator=gen)  # the band moves
+    raw = torch.full((frames, 1, h, w), 2.0)
+    raw[20:] = 6.0
+    for feather, worst in ((0, 3.0), (12, 1.0)):
+        out = DepthStabilizer(0.85, feather=feather)(video, raw)
+        steps = (out[-1, 0, :, 1:] - out[-1, 0, :, :-1]).abs().max()
+        assert (steps > worst) if feather == 0 else (steps < worst)
+        assert float((out[20:, :, :, 40:56] - 6.0).abs().max()) < 1e-5  # the band: no ghost
+
+
+def test_output_hold_keeps_still_pixels_renders_changes_and_bounds_the_error():
+    from spatialdreamer.stereo.stabilize import OutputHold
+
+    gen = torch.Generator().manual_seed(0)
+    t, h, w = 6, 16, 64
+    frames = torch.rand(1, 3, h, w, generator=gen).repeat(t, 1, 1, 1)
+    frames[3:, :, 4:8, 50:54] = 0.0  # something changes far right from frame 3
+    disparity = torch.full((t, 1, h, w), 2.0)
+    disparity[1:] += 0.2  # a wobble under the tolerance (0.5 px)
+    disparity[5] += 0.5  # a real change: 0.7 px from the reference
+    fresh = torch.randint(0, 255, (t, 3, h, 2 * w), dtype=torch.uint8, generator=gen)
+    out = OutputHold(disparity=0.5)(frames, disparity, fresh.clone(), "full-sbs", ("left", "right"))
+    left, right = slice(0, 40), slice(w, w + 40)
+    for eye in (left, right):
+        for i in (1, 2, 3, 4):  # the wobble: the first frame is kept where nothing changed
+            assert torch.equal(out[i, :, :, eye], fresh[0, :, :, eye])
+        assert torch.equal(out[5, :, :, eye], fresh[5, :, :, eye])  # the real change is rendered
+    # where the source changes (frame 3), both eyes are rendered fresh around it; once it is
+    # still again (frame 4), that rendering is kept
+    assert torch.equal(out[3, :, 2:10, 44:60], fresh[3, :, 2:10, 44:60])
+    assert torch.equal(out[3, :, 2:10, w + 44 : w + 60], fresh[3, :, 2:10, w + 44 : w + 60])
+    assert torch.equal(out[4, :, 2:10, 44:60], fresh[3, :, 2:10, 44:60])
+    # one eye synthesized: the source eye is never held
+    out = OutputHold(disparity=0.5)(frames, disparity, fresh.clone(), "full-sbs", ("right",))
+    assert torch.equal(out[:, :, :, :w], fresh[:, :, :, :w])
+    assert torch.equal(out[2, :, :, w : w + 40], fresh[0, :, :, w : w + 40])

@@ -132,7 +132,19 @@ def _add_convert(sub) -> None:
         "--lookahead",
         type=int,
         default=4,
-        help="frames the automatic screen plane looks ahead (within a chunk; default 4)",
+        help="frames the screen plane and the depth stabiliser look ahead: a still pixel's depth "
+        "follows the mean of the next N estimates while it stays still (noise averaged, centred "
+        "rather than lagging); the output comes N frames later through the pipeline (default 4; "
+        "0 = none)",
+    )
+    p.add_argument(
+        "--hold",
+        type=float,
+        default=0.0,
+        metavar="PX",
+        help="output hold: a synthesized pixel whose source neighbourhood has not changed keeps its "
+        "previous value until the disparity there has changed by more than PX pixels (a temporal "
+        "denoiser with bounded error; default 0 = off)",
     )
     p.add_argument(
         "--report", default=None, metavar="FILE", help="write each shot's screen plane and depth (.csv/.json)"
@@ -202,6 +214,7 @@ def _run_convert(args) -> int:
         else (args.edge_dilation[0], args.edge_dilation[0] // 2),
         smoothing=args.smoothing,
         lookahead=args.lookahead,
+        hold=args.hold,
         report=args.report,
         device=args.device,
         start=args.start,
