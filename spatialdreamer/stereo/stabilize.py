@@ -27,10 +27,16 @@ import torch
 import torch.nn.functional as F
 
 from spatialdreamer.dvg.disparity import dilate_foreground
+from spatialdreamer.stereo import _stabilize_kernel
 
 __all__ = ["DepthStabilizer", "OutputHold"]
 
 _SEAM = 0.9  # px: a disparity step between neighbours that the warp still takes for one surface
+
+
+def _compiled(t: torch.Tensor) -> bool:
+    """Whether ``t``'s maps take the compiled passes (float32 on a CPU, numba available)."""
+    return t.device.type == "cpu" and t.dtype == torch.float32 and _stabilize_kernel.available()
 
 
 class DepthStabilizer:
@@ -134,16 +140,25 @@ class DepthStabilizer:
 
     def motion(self, previous: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
         """``[B,1,H,W]`` in [0, 1]: how much each pixel counts as moving between two frames."""
-        change = (current - previous).abs().amax(1, keepdim=True)
         r = self.radius if self.radius is not None else max(1, round(current.shape[-1] / 400))
+        if _compiled(current) and current.shape[0] == 1:
+            # the share above the threshold first, then the widening: a max filter commutes
+            # with that monotone map, so the mask is the same
+            return self._widen(_stabilize_kernel.change(previous, current, self.threshold), r)
+        change = self._widen((current - previous).abs().amax(1, keepdim=True), r)
+        return ((change - self.threshold) / self.threshold).clamp_(0.0, 1.0)
+
+    @staticmethod
+    def _widen(change: torch.Tensor, r: int) -> torch.Tensor:
+        """A ``(2r+1)²`` max filter of ``[B,1,H,W]``, run on a grid of cells (cost flat in r)."""
         h, w = change.shape[-2:]
-        cell = max(1, min(r // 2, 8))  # widen on a grid of cells: the cost stays flat in r
+        cell = max(1, min(r // 2, 8))
         if cell > 1:
             change = F.max_pool2d(change, cell, ceil_mode=True)
-        change = dilate_foreground(change, (-(-r // cell), -(-r // cell)))  # a max filter
+        change = dilate_foreground(change, (-(-r // cell), -(-r // cell)))
         if cell > 1:
             change = F.interpolate(change, scale_factor=cell, mode="nearest")[..., :h, :w]
-        return ((change - self.threshold) / self.threshold).clamp_(0.0, 1.0)
+        return change
 
     def feathered(self, rate: torch.Tensor) -> torch.Tensor:
         """``rate`` ``[B,1,H,W]`` raised around its high values so that it falls to the low ones
@@ -192,7 +207,9 @@ class DepthStabilizer:
             else:
                 moving = self.motion(self._frame, frame)[0]
             self._frame = frame
-            still = None if moving is None else (moving == 0).to(torch.float32)
+            still = None  # made where the torch step needs it
+            if moving is not None and not (self.feather == 0 and _compiled(moving)):
+                still = (moving == 0).to(torch.float32)
             self._pending.append((depth[i].float(), moving, still))
             if len(self._pending) > self.lookahead:
                 out.append(self._step())
@@ -219,11 +236,15 @@ class DepthStabilizer:
     def _step(self) -> torch.Tensor:
         """Stabilise the oldest pending frame: ``[1,H,W]``."""
         depth, moving, _ = self._pending.pop(0)
+        if self.feather == 0 and _compiled(depth):
+            return self._step_compiled(depth, moving)
         # the look-ahead mean: later estimates while the pixel stays still through them
         target, count, alive = depth, None, None
         for later, later_moving, still in self._pending[: self.lookahead]:
             if later_moving is None:
                 break
+            if still is None:
+                still = (later_moving == 0).to(torch.float32)
             if alive is None:
                 alive, target, count = still, depth + still * later, still + 1.0
             else:
@@ -252,6 +273,23 @@ class DepthStabilizer:
                 rate = torch.where(near, self.feathered(rate[None])[0], rate)
                 held = self._depth + rate * (target - self._depth)
         self._depth = held
+        return self._depth
+
+    def _step_compiled(self, depth: torch.Tensor, moving: torch.Tensor | None) -> torch.Tensor:
+        """:meth:`_step` (without feathering) in compiled passes: the same maps."""
+        laters = []
+        for later, later_moving, _ in self._pending[: self.lookahead]:
+            if later_moving is None:
+                break
+            laters.append((later, later_moving))
+        target, count = _stabilize_kernel.look_ahead(depth, laters)
+        if moving is None or self._depth is None:
+            self._depth = target.div_(count)
+            self._still = torch.zeros_like(target)
+            return self._depth
+        self._depth, self._still = _stabilize_kernel.update(
+            self._depth, self._still, depth, target, count, moving, 1.0 - self.strength, self.slowest
+        )
         return self._depth
 
     def __call__(self, frames: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
