@@ -50,23 +50,47 @@ def test_ema_damps_range_jumps_that_per_frame_percentiles_pass_on():
     frames[::2, :, :, :6] = 3.0 * truth.max()
     background = (slice(None), slice(None), slice(None), slice(6, None))
     ema = TemporalNormalizer(momentum=0.1)(frames)[8:][background]  # after the EMA has settled
-    per_frame = TemporalNormalizer(momentum=1.0)(frames)[8:][background]
+    per_frame = TemporalNormalizer(momentum=1.0, release=1.0)(frames)[8:][background]
     ema_spread = (ema.std(dim=0) / ema.mean(dim=0).clamp(min=1e-3)).median()
     per_frame_spread = (per_frame.std(dim=0) / per_frame.mean(dim=0).clamp(min=1e-3)).median()
     assert ema_spread < 0.3 * per_frame_spread
 
 
 def test_range_is_an_ema_of_robust_percentiles():
-    norm = TemporalNormalizer(momentum=0.25, low=0.0, high=100.0)
+    norm = TemporalNormalizer(momentum=0.25, low=0.0, high=100.0, release=0.25)
     a = torch.linspace(1.0, 2.0, 100).view(1, 1, 10, 10)
     norm(a)
     assert norm.range == pytest.approx((1.0, 2.0))
     norm(a + 1.0)  # one frame shifted by 1 moves the range by momentum * 1
     assert norm.range == pytest.approx((1.25, 2.25))
     # the same two frames in one batch: frame 1 is mapped through the blended range, not its own
-    out = TemporalNormalizer(momentum=0.25, low=0.0, high=100.0)(torch.cat([a, a + 1.0]))
+    out = TemporalNormalizer(momentum=0.25, low=0.0, high=100.0, release=0.25)(torch.cat([a, a + 1.0]))
     torch.testing.assert_close(out[0], (a[0] - 1.0) / 1.0)
     torch.testing.assert_close(out[1], ((a[0] + 1.0 - 1.25) / 1.0).clamp(0, 1))
+
+
+def test_range_widens_at_momentum_and_narrows_at_release():
+    """A model's range that halves and comes back within a shot (the scene unchanged) hardly
+    moves the normalised depth of what stays; a wider range is taken at the momentum."""
+    norm = TemporalNormalizer(momentum=0.25, low=0.0, high=100.0, release=0.01)
+    a = torch.linspace(1.0, 2.0, 100).view(1, 1, 10, 10)
+    norm(a)
+    norm(torch.linspace(1.0, 3.0, 100).view(1, 1, 10, 10))  # wider: at the momentum
+    assert norm.range == pytest.approx((1.0, 2.25))
+    norm(a)  # narrower: at the release
+    assert norm.range == pytest.approx((1.0, 2.25 - 0.01 * 0.25))
+    with pytest.raises(ValueError, match="release"):
+        TemporalNormalizer(release=1.5)
+    # the swing: the near half of the range fades out for 30 frames and comes back
+    swing = [a] * 10 + [torch.linspace(1.0, 1.5, 100).view(1, 1, 10, 10)] * 30 + [a] * 10
+    still = torch.full((1, 1, 10, 10), 1.2)  # a pixel whose depth the model keeps
+    drift = {}
+    for release in (0.02, 0.002):
+        norm = TemporalNormalizer(momentum=0.02, low=0.0, high=100.0, release=release)
+        frames = [torch.cat([frame[..., :9, :], still[..., 9:, :]], dim=2) for frame in swing]
+        values = [float(norm(frame)[0, 0, 9, 0]) for frame in frames]
+        drift[release] = max(values) - min(values)
+    assert drift[0.002] < 0.2 * drift[0.02]
 
 
 def test_cut_adopts_a_very_different_range_immediately():
