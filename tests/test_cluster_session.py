@@ -88,9 +88,6 @@ def test_auth_mode(clean_auth, monkeypatch):
 
 def test_a_local_run_starts_ray_with_token_auth_and_no_warning(tmp_path):
     """Plain ray.init() on Ray >= 2.59 warns that it turned token authentication on; the jobs don't."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    scratch = tempfile.mkdtemp(prefix="sdl-", dir="/tmp")  # short: Ray's socket paths are limited
-    env.update(HOME=str(tmp_path), PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0", RAY_TMPDIR=scratch)
     code = (
         "from pipelines.ray_session import connect\n"
         "from ray._raylet import AuthenticationMode, get_authentication_mode\n"
@@ -99,12 +96,7 @@ def test_a_local_run_starts_ray_with_token_auth_and_no_warning(tmp_path):
         "print('token mode:', get_authentication_mode() == AuthenticationMode.TOKEN)\n"
         "ray.shutdown()\n"
     )
-    try:
-        result = subprocess.run(
-            [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
-        )
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    result = _run_fresh_ray(code, tmp_path)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     assert "token mode: True" in result.stdout
@@ -132,9 +124,6 @@ def test_connect_applies_local_settings_only_to_an_embedded_ray(clean_auth, monk
 def test_the_corpus_jobs_embedded_ray_keeps_idle_workers(tmp_path):
     """Ray kills a worker idle for 1 s once there are more workers than CPUs; the corpus job's
     embedded Ray keeps them, so its task workers import torch once, not at every burst of tasks."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    scratch = tempfile.mkdtemp(prefix="sdl-", dir="/tmp")  # short: Ray's socket paths are limited
-    env.update(HOME=str(tmp_path), PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0", RAY_TMPDIR=scratch)
     code = (
         "import os, time\n"
         "from pipelines.build_dataset import _init_ray\n"
@@ -150,12 +139,7 @@ def test_the_corpus_jobs_embedded_ray_keeps_idle_workers(tmp_path):
         "print('workers', len(pids), 'alive', sum(map(alive, pids)))\n"
         "ray.shutdown()\n"
     )
-    try:
-        result = subprocess.run(
-            [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
-        )
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    result = _run_fresh_ray(code, tmp_path)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     line = next(line for line in result.stdout.splitlines() if line.startswith("workers"))
     workers, alive = (int(word) for word in line.split()[1::2])
@@ -183,3 +167,17 @@ def test_launcher_gives_every_node_the_token_and_token_mode():
     for key in ("head_start_ray_commands", "worker_start_ray_commands"):
         starts = [c for c in config[key] if "ray start" in c]
         assert starts and all("RAY_AUTH_MODE=token ray start" in c for c in starts), key
+
+
+def _run_fresh_ray(code: str, home) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh Python with no RAY_ variables, ``home`` as HOME and its own
+    short Ray temp folder (Ray's socket paths are limited), removed afterwards."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    scratch = tempfile.mkdtemp(prefix="sdl-", dir="/tmp")
+    env.update(HOME=str(home), PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0", RAY_TMPDIR=scratch)
+    try:
+        return subprocess.run(
+            [sys.executable, "-c", code], env=env, cwd=home, capture_output=True, text=True, timeout=300
+        )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
