@@ -139,26 +139,24 @@ class DepthStabilizer:
         self._pending = []
 
     def motion(self, previous: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
-        """``[B,1,H,W]`` in [0, 1]: how much each pixel counts as moving between two frames."""
-        r = self.radius if self.radius is not None else max(1, round(current.shape[-1] / 400))
-        if _compiled(current) and current.shape[0] == 1:
-            # the share above the threshold first, then the widening: a max filter commutes
-            # with that monotone map, so the mask is the same
-            return self._widen(_stabilize_kernel.change(previous, current, self.threshold), r)
-        change = self._widen((current - previous).abs().amax(1, keepdim=True), r)
-        return ((change - self.threshold) / self.threshold).clamp_(0.0, 1.0)
+        """``[B,1,H,W]`` in [0, 1]: how much each pixel counts as moving between two frames.
 
-    @staticmethod
-    def _widen(change: torch.Tensor, r: int) -> torch.Tensor:
-        """A ``(2r+1)²`` max filter of ``[B,1,H,W]``, run on a grid of cells (cost flat in r)."""
-        h, w = change.shape[-2:]
-        cell = max(1, min(r // 2, 8))
+        Each pixel's share of its change above the threshold, widened by ``radius`` with a max
+        filter (which commutes with that monotone share: the same mask as widening first)."""
+        if _compiled(current) and current.shape[0] == 1:
+            share = _stabilize_kernel.change(previous, current, self.threshold)
+        else:
+            change = (current - previous).abs().amax(1, keepdim=True)
+            share = ((change - self.threshold) / self.threshold).clamp_(0.0, 1.0)
+        r = self.radius if self.radius is not None else max(1, round(current.shape[-1] / 400))
+        h, w = share.shape[-2:]
+        cell = max(1, min(r // 2, 8))  # widen on a grid of cells: the cost stays flat in r
         if cell > 1:
-            change = F.max_pool2d(change, cell, ceil_mode=True)
-        change = dilate_foreground(change, (-(-r // cell), -(-r // cell)))
+            share = F.max_pool2d(share, cell, ceil_mode=True)
+        share = dilate_foreground(share, (-(-r // cell), -(-r // cell)))  # a max filter
         if cell > 1:
-            change = F.interpolate(change, scale_factor=cell, mode="nearest")[..., :h, :w]
-        return change
+            share = F.interpolate(share, scale_factor=cell, mode="nearest")[..., :h, :w]
+        return share
 
     def feathered(self, rate: torch.Tensor) -> torch.Tensor:
         """``rate`` ``[B,1,H,W]`` raised around its high values so that it falls to the low ones
