@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from spatialdreamer.depth import (
     ParallaxDepthEstimator,
@@ -109,6 +110,42 @@ def test_flow_every_gap_frames_carries_the_cue_between_and_over_chunk_boundaries
 def test_bad_flow_gap_is_rejected(gap):
     with pytest.raises(ValueError, match="flow_gap"):
         ParallaxDepthEstimator(device="cpu", flow_gap=gap)
+
+
+@pytest.mark.parametrize("rate", [0.0, -0.1, 1.5])
+def test_bad_scale_rate_is_rejected(rate):
+    with pytest.raises(ValueError, match="scale_rate"):
+        ParallaxDepthEstimator(device="cpu", scale_rate=rate)
+
+
+def _object_that_stops(frames: int = 36, moving: int = 12, h: int = 96, w: int = 160):
+    """A still camera on a still background; a textured square moves 3 px per frame for
+    ``moving`` frames, then stands still. Returns the frames and the square's x per frame."""
+    gen = torch.Generator().manual_seed(0)
+    background = F.interpolate(torch.rand(1, 3, h // 4, w // 4, generator=gen), size=(h, w), mode="bilinear")
+    square = F.interpolate(torch.rand(1, 3, 8, 8, generator=gen), size=(24, 24), mode="bilinear")[0]
+    video = background.repeat(frames, 1, 1, 1)
+    xs = [20 + 3 * min(t, moving) for t in range(frames)]
+    for t, x in enumerate(xs):
+        video[t, :, 40:64, x : x + 24] = square
+    return video, xs
+
+
+def test_an_object_that_stops_before_a_still_camera_keeps_its_nearness():
+    """Nothing is observed where nothing moves: the object's motion cue is kept while it stands
+    still (it had decayed towards "far" within about ten frames, and the depth drifted with it:
+    the stabiliser then followed that drift, which made still regions shimmer)."""
+    video, xs = _object_that_stops()
+
+    def lift(depth: torch.Tensor, t: int) -> float:  # the square's nearness over the background's
+        x = xs[t]
+        return float(depth[t, 0, 44:60, x + 4 : x + 20].mean() - depth[t, 0, 10:30, 100:150].mean())
+
+    kept = ParallaxDepthEstimator(device="cpu")(video)
+    decayed = ParallaxDepthEstimator(device="cpu", still_level=0)(video)  # the estimator before
+    assert lift(kept, 12) > 0.5 and lift(decayed, 12) > 0.5  # seen as near while it moved
+    assert lift(kept, 35) >= 0.9 * lift(kept, 12)  # 23 frames later, still near
+    assert lift(decayed, 35) <= 0.4 * lift(decayed, 12)
 
 
 def test_camera_motion_residual_removes_global_motion_and_keeps_parallax():

@@ -191,8 +191,27 @@ def test_output_hold_keeps_still_pixels_renders_changes_and_bounds_the_error():
     assert torch.equal(out[2, :, :, w : w + 40], fresh[0, :, :, w : w + 40])
 
 
+def test_dead_band_holds_a_still_pixel_through_wobble_within_it_and_follows_beyond_it():
+    """A still pixel follows only the part of its gap to the estimate beyond the dead band: an
+    estimate wobbling by less than the band leaves it exactly unchanged (it had crept along
+    every wobble), a lasting step of 5 px is followed to within the band."""
+    video, _ = _still_noisy(frames=80, noise=0.0)
+    wobble = 4.0 + 0.8 * torch.sin(torch.arange(80) / 7.0).view(-1, 1, 1, 1).expand(-1, 1, 24, 48)
+    held = DepthStabilizer(0.85, deadband=1.0)(video, wobble)
+    assert torch.equal(held[1:], held[:1].expand_as(held[1:]))
+    crept = DepthStabilizer(0.85, deadband=0.0)(video, wobble)
+    assert (crept[1:] - crept[:-1]).abs().sum() > 0.5
+    step = torch.cat([torch.full((10, 1, 24, 48), 4.0), torch.full((400, 1, 24, 48), 9.0)])
+    still = _still_noisy(frames=410, noise=0.0)[0]
+    followed = DepthStabilizer(0.85, deadband=1.0)(still, step)
+    assert 7.7 < float(followed[-1].mean()) <= 8.0 + 1e-4  # towards the band's edge, never past it
+    default = DepthStabilizer(0.85)
+    assert default._band(step) == pytest.approx(0.0008 * 48)  # 1 px at 1280 wide
+
+
+@pytest.mark.parametrize("deadband", [0.0, 1.0])
 @pytest.mark.parametrize("lookahead", [0, 3])
-def test_compiled_stabiliser_gives_the_torch_ops_depth(monkeypatch, lookahead):
+def test_compiled_stabiliser_gives_the_torch_ops_depth(monkeypatch, lookahead, deadband):
     """The compiled passes (CPU float32) and the torch ops (the CUDA path) are one algorithm:
     the same depth, bit for bit, through still pixels, a moving patch and a cut."""
     from spatialdreamer.stereo import _stabilize_kernel, stabilize
@@ -208,7 +227,7 @@ def test_compiled_stabiliser_gives_the_torch_ops_depth(monkeypatch, lookahead):
     for compiled in (True, False):
         if not compiled:
             monkeypatch.setattr(stabilize, "_compiled", lambda t: False)
-        stab = DepthStabilizer(0.85, lookahead=lookahead)
+        stab = DepthStabilizer(0.85, lookahead=lookahead, deadband=deadband)
         first = torch.cat([stab.push(frames[:10], depth[:10]), stab.flush()])
         stab.reset()  # a cut
         runs[compiled] = torch.cat([first, stab(frames[10:], depth[10:])])

@@ -42,19 +42,25 @@ def _look_ahead(target, count, alive, later, later_moving):
         count[i] += a
 
 
-def _update(held, still, depth, target, count, moving, keep, slowest, new_held, new_still):
+def _update(held, still, depth, target, count, moving, keep, slowest, band, new_held, new_still):
     """The stabiliser's step (see its docstring) into ``new_held`` and ``new_still``."""
     one = np.float32(1.0)
+    zero = np.float32(0.0)
     share = np.float32(keep)
     low = np.float32(slowest)
+    b = np.float32(band)
     for i in range(held.shape[0]):
         m = moving[i]
         n = np.float32(0.0) if m > 0 else still[i] + one
         new_still[i] = n
         s = share * max(one / ((n + one) * (n + one)), low)
         rate = s + (one - s) * m
-        goal = depth[i] if m > 0 else target[i] / count[i]
-        new_held[i] = held[i] + rate * (goal - held[i])
+        if m > 0:
+            gap = depth[i] - held[i]
+        else:  # a still pixel follows only the part of the gap beyond the dead band
+            gap = target[i] / count[i] - held[i]
+            gap = max(gap - b, zero) if gap > zero else min(gap + b, zero)
+        new_held[i] = held[i] + rate * gap
 
 
 def _build(numba):
@@ -105,9 +111,11 @@ def update(
     moving: torch.Tensor,
     keep: float,
     slowest: float,
+    band: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """New ``(held, still)`` maps: the stabiliser's step with still-rate share ``keep``."""
+    """New ``(held, still)`` maps: the stabiliser's step with still-rate share ``keep`` and a
+    dead band of ``band`` on still pixels' gap to their target."""
     new_held, new_still = torch.empty_like(held), torch.empty_like(still)
     maps = (held, still, depth, target, count, moving)
-    _kernels.get()[2](*map(_flat, maps), keep, slowest, _flat(new_held), _flat(new_still))
+    _kernels.get()[2](*map(_flat, maps), keep, slowest, band, _flat(new_held), _flat(new_still))
     return new_held, new_still

@@ -17,6 +17,11 @@ count. On Big Buck Bunny (grass in the wind around still rocks and sky) this cut
 disparity's change on still regions from 0.29 to about 0.02 px per frame
 (``benchmarks/stability.py``). The motion mask is widened by only a few pixels: widened by 1 %
 of the width, as it was, it marked a third of the still regions among the grass as moving.
+
+And a still pixel follows only the part of its gap to the estimate beyond a dead band (1 px at
+1280 wide): an estimate that wanders back and forth by less than that leaves it exactly where
+it is, so the warp of a still region is the same, bit for bit, frame after frame (Big Buck
+Bunny's still regions: 1.42× → 1.30× the source's change, not encoded).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from spatialdreamer.stereo import _stabilize_kernel
 __all__ = ["DepthStabilizer", "OutputHold"]
 
 _SEAM = 0.9  # px: a disparity step between neighbours that the warp still takes for one surface
+_DEADBAND = 0.0008  # of the width: the default dead band of a still pixel (1 px at 1280)
 
 
 def _compiled(t: torch.Tensor) -> bool:
@@ -51,7 +57,8 @@ class DepthStabilizer:
     ``threshold`` and twice it), and its target ``T_t`` is the mean of ``D_t … D_{t+j}`` over
     the next ``j <= lookahead`` frames through which the pixel stays still: the estimate's
     frame-to-frame noise averaged over up to ``lookahead + 1`` frames, centred on ``t`` rather
-    than lagging it, and never mixed with the depth of something that moves in later.
+    than lagging it, and never mixed with the depth of something that moves in later. A fully
+    still pixel's gap ``T_t - out_{t-1}`` is first shrunk towards 0 by ``deadband``.
 
     Optionally (``feather``) the rate is feathered spatially (raised, never lowered) around
     seams: where a held pixel meets one that took the fresh estimate and the two end up more
@@ -77,6 +84,9 @@ class DepthStabilizer:
             frames (5 s at 25 fps with the defaults); 1 = a plain moving average.
         lookahead: later frames a still pixel's target averages over (and the delay of
             :meth:`push`), >= 0.
+        deadband: the gap (in the map's units) between a still pixel's target and its held
+            depth that it does not follow; None = 0.08 % of the width (1 px at 1280), for
+            disparity in pixels; 0 = none.
         feather: width in pixels of the ramp from a high rate to a low one around seams
             (neighbours more than 0.9 px of disparity apart where the estimate is not); None =
             1 % of the width (13 px at 1280); 0 = none (the default: on Big Buck Bunny it cut
@@ -99,6 +109,7 @@ class DepthStabilizer:
         slowest: float = 0.05,
         lookahead: int = 0,
         feather: int | None = 0,
+        deadband: float | None = None,
     ) -> None:
         if not 0.0 <= strength < 1.0:
             raise ValueError(f"smoothing strength must be in [0, 1), got {strength}")
@@ -112,12 +123,15 @@ class DepthStabilizer:
             raise ValueError(f"lookahead must be >= 0 frames, got {lookahead}")
         if feather is not None and feather < 0:
             raise ValueError(f"feather must be >= 0 pixels, got {feather}")
+        if deadband is not None and not deadband >= 0:
+            raise ValueError(f"deadband must be >= 0, got {deadband}")
         self.strength = float(strength)
         self.threshold = float(threshold)
         self.radius = radius
         self.slowest = float(slowest)
         self.lookahead = int(lookahead)
         self.feather = feather
+        self.deadband = deadband
         self._still: torch.Tensor | None = None  # frames each pixel has been still
         self._frame: torch.Tensor | None = None  # the last frame pushed
         self._depth: torch.Tensor | None = None  # the last stabilised depth
@@ -258,8 +272,13 @@ class DepthStabilizer:
         self._still = torch.where(moving > 0, 0.0, self._still + 1.0)
         still = (1.0 - self.strength) * (self._still + 1.0).pow_(-2).clamp_(min=self.slowest)
         rate = still + (1.0 - still) * moving
+        gap = target - self._depth
+        band = self._band(depth)
+        if band > 0:  # a still pixel follows only the part of its gap beyond the dead band
+            gap = gap.sign() * (gap.abs() - band).clamp_(min=0.0)
         target = torch.where(moving > 0, depth, target)
-        held = self._depth + rate * (target - self._depth)
+        gap = torch.where(moving > 0, depth - self._depth, gap)
+        held = self._depth + rate * gap
         if self.feather != 0:
             # seams: neighbours more than a pixel apart where the fresh estimate is not (a step
             # the hold made, not a depth edge); only around them the rate is feathered
@@ -269,7 +288,7 @@ class DepthStabilizer:
                 seam = F.pad(step, (0, 1)) | F.pad(step, (1, 0))
                 near = self.feathered(seam[None].to(rate.dtype))[0] > 0
                 rate = torch.where(near, self.feathered(rate[None])[0], rate)
-                held = self._depth + rate * (target - self._depth)
+                held = self._depth + rate * gap
         self._depth = held
         return self._depth
 
@@ -286,9 +305,23 @@ class DepthStabilizer:
             self._still = torch.zeros_like(target)
             return self._depth
         self._depth, self._still = _stabilize_kernel.update(
-            self._depth, self._still, depth, target, count, moving, 1.0 - self.strength, self.slowest
+            self._depth,
+            self._still,
+            depth,
+            target,
+            count,
+            moving,
+            1.0 - self.strength,
+            self.slowest,
+            self._band(depth),
         )
         return self._depth
+
+    def _band(self, depth: torch.Tensor) -> float:
+        """The dead band for maps as wide as ``depth``."""
+        if self.deadband is not None:
+            return self.deadband
+        return _DEADBAND * depth.shape[-1]
 
     def __call__(self, frames: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
         """Stabilise consecutive frames of one shot, continuing the previous call: :meth:`push`
