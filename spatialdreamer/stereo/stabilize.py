@@ -98,7 +98,7 @@ class DepthStabilizer:
         >>> frames = torch.rand(1, 3, 8, 8).expand(3, 3, 8, 8)  # a still picture
         >>> depth = torch.tensor([0.0, 1.0, 1.0]).view(3, 1, 1, 1).expand(3, 1, 8, 8)
         >>> [round(float(v), 2) for v in stab(frames, depth)[:, 0, 0, 0]]
-        [0.0, 0.03, 0.04]
+        [0.0, 0.02, 0.04]
     """
 
     def __init__(
