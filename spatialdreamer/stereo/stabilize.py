@@ -276,12 +276,12 @@ class DepthStabilizer:
         band = self._band(depth)
         if band > 0:  # a still pixel follows only the part of its gap beyond the dead band
             gap = gap.sign() * (gap.abs() - band).clamp_(min=0.0)
-        target = torch.where(moving > 0, depth, target)
         gap = torch.where(moving > 0, depth - self._depth, gap)
         held = self._depth + rate * gap
         if self.feather != 0:
             # seams: neighbours more than a pixel apart where the fresh estimate is not (a step
             # the hold made, not a depth edge); only around them the rate is feathered
+            target = torch.where(moving > 0, depth, target)
             step = (held[..., 1:] - held[..., :-1]).abs() > _SEAM
             step &= (target[..., 1:] - target[..., :-1]).abs() <= _SEAM
             if bool(step.any()):
