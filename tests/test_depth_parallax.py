@@ -118,6 +118,12 @@ def test_bad_scale_rate_is_rejected(rate):
         ParallaxDepthEstimator(device="cpu", scale_rate=rate)
 
 
+@pytest.mark.parametrize("kwargs", [{"still_level": -1.0}, {"still_flow": -0.1}, {"still_flow": float("nan")}])
+def test_bad_still_thresholds_are_rejected(kwargs):
+    with pytest.raises(ValueError, match="still_level and still_flow"):
+        ParallaxDepthEstimator(device="cpu", **kwargs)
+
+
 def _object_that_stops(frames: int = 36, moving: int = 12, h: int = 96, w: int = 160):
     """A still camera on a still background; a textured square moves 3 px per frame for
     ``moving`` frames, then stands still. Returns the frames and the square's x per frame."""

@@ -193,6 +193,8 @@ class ParallaxDepthEstimator(DepthEstimator):
             raise ValueError(f"flow_gap must be a whole number of frames >= 1, got {flow_gap}")
         if not 0.0 < scale_rate <= 1.0:
             raise ValueError(f"scale_rate must be in (0, 1], got {scale_rate}")
+        if not still_level >= 0 or not still_flow >= 0:
+            raise ValueError(f"still_level and still_flow must be >= 0, got {still_level}, {still_flow}")
         self.name = "parallax"
         self.device = resolve_device(device)
         self.work_width = int(work_width)
