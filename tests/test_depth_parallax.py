@@ -118,7 +118,9 @@ def test_bad_scale_rate_is_rejected(rate):
         ParallaxDepthEstimator(device="cpu", scale_rate=rate)
 
 
-@pytest.mark.parametrize("kwargs", [{"still_level": -1.0}, {"still_flow": -0.1}, {"still_flow": float("nan")}])
+@pytest.mark.parametrize(
+    "kwargs", [{"still_level": -1.0}, {"still_flow": -0.1}, {"still_flow": float("nan")}]
+)
 def test_bad_still_thresholds_are_rejected(kwargs):
     with pytest.raises(ValueError, match="still_level and still_flow"):
         ParallaxDepthEstimator(device="cpu", **kwargs)
