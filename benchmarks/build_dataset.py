@@ -27,7 +27,9 @@ Throughput is clips/s and frames/s of the build itself; Ray's start-up (``ray.in
 apart, since a cluster is started once and serves many jobs. Peak memory is the peak over the
 run of the summed PSS (proportional set size: shared pages such as Ray's object store counted
 once) of every process in the run's session (driver, raylet, GCS, workers), sampled every
-0.2 s. Prints a table of figures.
+0.2 s, in runs of their own (Ray on N and on 4N videos): reading a process's PSS walks its page
+tables, and for the Ray job's dozen processes that took ~55 ms a sample, 4.5-5.5 CPU-s a run on
+the same two cores, which had slowed the timed runs by 1-2 s. Prints a table of figures.
 """
 
 from __future__ import annotations
@@ -130,8 +132,9 @@ class _CpuMeter:
         return spent
 
 
-def _measure(args: list[str]) -> dict:
-    """Run this script's child mode in a new session; returns its report plus peak PSS."""
+def _measure(args: list[str], memory: bool = False) -> dict:
+    """Run this script's child mode in a new session; returns its report, plus its peak PSS
+    when ``memory`` (sampling costs CPU on the cores the run uses: not in timed runs)."""
     process = subprocess.Popen(
         [sys.executable, __file__, "--child", *args],
         cwd=REPO,
@@ -145,7 +148,7 @@ def _measure(args: list[str]) -> dict:
     done = threading.Event()
 
     def sample() -> None:
-        while not done.is_set():
+        while memory and not done.is_set():
             peak[0] = max(peak[0], _session_pss_mib(process.pid))
             time.sleep(0.2)
 
@@ -157,7 +160,7 @@ def _measure(args: list[str]) -> dict:
     if process.returncode != 0:
         raise RuntimeError(f"benchmark child failed ({process.returncode}): {' '.join(args)}")
     report = json.loads(out.strip().splitlines()[-1])
-    report["peak_pss_mib"] = peak[0]
+    report["peak_pss_mib"] = peak[0] if memory else None
     return report
 
 
@@ -587,19 +590,12 @@ def main() -> None:
         for label, child in order:
             report = _measure(child)
             results.setdefault(label, []).append(report)
-            clips, frames, seconds = report["clips"], report["frames"], report["seconds"]
-            cpu = report["cpu"]
-            print(
-                f"  {label:<32} {clips:>4} clips {frames:>5} frames in {seconds:7.1f} s"
-                f"  {clips / seconds:6.2f} clips/s {frames / seconds:7.1f} frames/s"
-                f"  peak PSS {report['peak_pss_mib']:7.0f} MiB"
-                f"  CPU-s {sum(cpu.values()):6.1f} ("
-                + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items())
-                + ")"
-                + (f"  (ray.init {report['startup']:.1f} s)" if report["startup"] else "")
-                + f"  load {os.getloadavg()[0]:.1f}",
-                flush=True,
-            )
+            _print_run(label, report)
+        peaks = {}
+        for label, child in (ray_n_run, ray_4n_run):
+            report = _measure(child, memory=True)
+            peaks[label] = report["peak_pss_mib"]
+            _print_run(f"{label} (memory)", report)
 
         def fps(report: dict) -> float:
             return report["frames"] / report["seconds"]
@@ -622,11 +618,26 @@ def main() -> None:
             "CPU-seconds of the build, Ray / plain (N videos, least of the rounds): "
             f"{cpu_ray / cpu_plain:.2f}x"
         )
-        low, high = ray_n["peak_pss_mib"], ray_4n["peak_pss_mib"]
+        low, high = peaks[ray_n_run[0]], peaks[ray_4n_run[0]]
         print(
             f"Ray peak memory 4N / N:                        {high / low:.2f}x "
             f"({low:.0f} -> {high:.0f} MiB; target <= 1.3x)"
         )
+
+
+def _print_run(label: str, report: dict) -> None:
+    clips, frames, seconds, cpu = report["clips"], report["frames"], report["seconds"], report["cpu"]
+    memory = f"  peak PSS {report['peak_pss_mib']:7.0f} MiB" if report["peak_pss_mib"] is not None else ""
+    print(
+        f"  {label:<32} {clips:>4} clips {frames:>5} frames in {seconds:7.1f} s"
+        f"  {clips / seconds:6.2f} clips/s {frames / seconds:7.1f} frames/s{memory}"
+        f"  CPU-s {sum(cpu.values()):6.1f} ("
+        + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items())
+        + ")"
+        + (f"  (ray.init {report['startup']:.1f} s)" if report["startup"] else "")
+        + f"  load {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":
