@@ -146,6 +146,40 @@ def test_the_corpus_jobs_embedded_ray_keeps_idle_workers(tmp_path):
     assert workers >= 2 and alive == workers, result.stdout
 
 
+def test_an_embedded_rays_workers_inherit_the_thread_policy_and_the_prestarted_one_serves(tmp_path):
+    """The thread policy reaches an embedded Ray's workers through the environment, not a job
+    runtime env: the worker Ray starts with the node then serves the job's first task (with a
+    runtime env it idled while a new process booted and imported the stages again)."""
+    code = (
+        "import os, time\n"
+        "from pathlib import Path\n"
+        "from pipelines.ray_session import connect\n"
+        "ray = connect('local', num_cpus=1, include_dashboard=False, log_to_driver=False)\n"
+        "def idle_workers():\n"
+        "    found = set()\n"
+        "    for entry in Path('/proc').iterdir():\n"
+        "        try:\n"
+        "            if entry.name.isdigit() and (entry / 'cmdline').read_bytes().startswith(b'ray::IDLE'):\n"
+        "                found.add(int(entry.name))\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "    return found\n"
+        "deadline = time.monotonic() + 60\n"
+        "while not idle_workers() and time.monotonic() < deadline:\n"
+        "    time.sleep(0.2)\n"
+        "before = idle_workers()\n"
+        "env = os.environ.get\n"
+        "task = ray.remote(lambda: (os.getpid(), env('OMP_WAIT_POLICY'), env('KMP_BLOCKTIME')))\n"
+        "pid, policy, blocktime = ray.get(task.remote())\n"
+        "print('policy', policy, blocktime, 'prestarted', pid in before)\n"
+        "ray.shutdown()\n"
+    )
+    result = _run_fresh_ray(code, tmp_path, drop=("OMP_WAIT_POLICY", "KMP_BLOCKTIME"))
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    line = next(line for line in result.stdout.splitlines() if line.startswith("policy"))
+    assert line == "policy PASSIVE 0 prestarted True", line
+
+
 def _containers(spec: dict) -> list[dict]:
     groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
     return [c for g in groups for c in g["template"]["spec"]["containers"]]
@@ -169,10 +203,10 @@ def test_launcher_gives_every_node_the_token_and_token_mode():
         assert starts and all("RAY_AUTH_MODE=token ray start" in c for c in starts), key
 
 
-def _run_fresh_ray(code: str, home) -> subprocess.CompletedProcess:
-    """Run ``code`` in a fresh Python with no RAY_ variables, ``home`` as HOME and its own
-    short Ray temp folder (Ray's socket paths are limited), removed afterwards."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+def _run_fresh_ray(code: str, home, drop: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh Python with no RAY_ variables (nor those in ``drop``), ``home`` as
+    HOME and its own short Ray temp folder (Ray's socket paths are limited), removed afterwards."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") and k not in drop}
     scratch = tempfile.mkdtemp(prefix="sdl-", dir="/tmp")
     env.update(HOME=str(home), PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0", RAY_TMPDIR=scratch)
     try:
