@@ -21,6 +21,7 @@ is left as it is; --overwrite rebuilds it.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -44,6 +45,15 @@ _MANAGED_FILES = ("_job.json", "_SUCCESS.json")
 _BLOCK_BYTES = 1 * 2**20
 
 log = logging.getLogger("pipelines.build_dataset")
+
+# The corpus modules the driver uses, all imported before it joins Ray (the package's exports
+# load on first use). A job submitted with `--working-dir` runs from files that Ray's
+# runtime-env agent may unpack anew while the driver registers (seen on a two-node cluster:
+# removed and downloaded again), and a module first imported in that moment is missing.
+_DRIVER_MODULES = (
+    *("config", "sources", "segments", "records", "dedupe"),
+    *("split", "prepare", "dvg", "write", "pack"),
+)
 
 
 def corpus_configs() -> list[str]:
@@ -374,6 +384,8 @@ def build(
     from spatialdreamer.data.manifest import compact_video, count_rows, load_manifest
 
     began = time.perf_counter()
+    for name in _DRIVER_MODULES:
+        importlib.import_module(f"spatialdreamer.corpus.{name}")
     config = config.resolved()  # shot_detector: auto → what this machine has, for every worker
     listing = find_sources(source, exclude=[root])
     sources = listing.videos

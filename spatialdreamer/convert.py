@@ -53,12 +53,12 @@ from spatialdreamer.video import DecodeStats, VideoError, VideoInfo, VideoWriter
 from spatialdreamer.video.shots import CutDetector
 from spatialdreamer.video.writer import (
     CONTAINER_CODECS,
-    PEAK,
     check_output,
     default_codec,
     fit_file_name,
     format_bits,
     leftover_temporaries,
+    peak_value,
     quantize,
 )
 
@@ -411,7 +411,7 @@ def convert_video(
         is counted by ``run_overlapped`` as "depth" (the cut detector's and the stabiliser's
         shares are taken out at the end)."""
         flags = timed("cuts", cuts, _eight_bits(chunk.frames))
-        frames = chunk.frames.to(device).float().div_(PEAK[chunk.frames.dtype])
+        frames = chunk.frames.to(device).float().div_(peak_value(chunk.frames.dtype))
         delay.add(chunk.frames, chunk.timestamps, frames, flags)
         ready = []
         for a, b, is_cut in _segments(flags):
@@ -555,7 +555,7 @@ def pack_eyes(
     decoded (no round trip through float)."""
     if fmt in ("full-sbs", "full-tb"):
         return compose(*[source if e is None else quantize(e, source.dtype) for e in (left, right)], fmt)
-    eyes = [source.float().div_(PEAK[source.dtype]) if e is None else e for e in (left, right)]
+    eyes = [source.float().div_(peak_value(source.dtype)) if e is None else e for e in (left, right)]
     return quantize(compose(*eyes, fmt), source.dtype)
 
 

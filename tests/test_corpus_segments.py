@@ -54,7 +54,7 @@ def config():
 def _decodes(monkeypatch) -> list[tuple]:
     """Record every range the split stage decodes: (start, end, first timestamp, frames)."""
     calls = []
-    real = split_module.stream_frames
+    real = split_module.stream_arrays
 
     def recording(path, chunk_size, start=None, end=None, info=None):
         call = [start, end, None, 0]
@@ -64,7 +64,7 @@ def _decodes(monkeypatch) -> list[tuple]:
             call[3] += len(chunk)
             yield chunk
 
-    monkeypatch.setattr(split_module, "stream_frames", recording)
+    monkeypatch.setattr(split_module, "stream_arrays", recording)
     return calls
 
 

@@ -4,10 +4,12 @@ cross the object store between stages (uint8 frames, bit-packed masks, uint16 di
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["column", "pack_mask", "rows_to_batch", "select", "tensor", "unpack_mask", "view_tensor"]
 
@@ -39,12 +41,16 @@ def select(batch: dict[str, np.ndarray], keep: list[int], drop: tuple[str, ...] 
 
 def tensor(a: np.ndarray, dtype=None) -> torch.Tensor:
     """A tensor of a batch column's entry (copied: Ray hands out read-only views of its store)."""
+    import torch
+
     return torch.from_numpy(np.array(a, dtype=dtype, copy=True))
 
 
 def view_tensor(a: np.ndarray) -> torch.Tensor:
     """A tensor sharing a batch entry's memory, without a copy. Ray's object store hands out
     read-only arrays: the tensor must only be read (e.g. moved to a device or converted)."""
+    import torch
+
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         return torch.from_numpy(np.asarray(a))
@@ -58,6 +64,7 @@ def pack_mask(mask: torch.Tensor) -> np.ndarray:
     bit (as ``np.packbits``). Packed where the mask is (on a GPU, 1/8 of it crosses to the host).
 
     Example:
+        >>> import torch
         >>> pack_mask(torch.tensor([[[True] + [False] * 8]])).tolist()
         [[[128, 0]]]
     """
@@ -68,6 +75,9 @@ def pack_mask(mask: torch.Tensor) -> np.ndarray:
 
 def pack_bits_on_device(mask: torch.Tensor) -> torch.Tensor:
     """:func:`pack_mask` in torch, where the mask is (same bit order as ``np.packbits``)."""
+    import torch
+    import torch.nn.functional as F
+
     t, h, w = mask.shape
     bits = F.pad(mask.to(torch.uint8), (0, -w % 8)).view(t, h, -1, 8)
     weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=mask.device)

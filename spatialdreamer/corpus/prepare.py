@@ -13,12 +13,12 @@ import tempfile
 
 import numpy as np
 
-from spatialdreamer.corpus.batches import column, select, tensor
+from spatialdreamer.corpus.batches import column, select
 from spatialdreamer.corpus.config import CorpusConfig
 from spatialdreamer.corpus.records import record_failure
 from spatialdreamer.corpus.scores import flow_scores, frame_scores, quality_problem
-from spatialdreamer.data.shards import encode_rgb
-from spatialdreamer.dvg.flow import dis_pair_flows
+from spatialdreamer.data.shards import encode_rgb_array
+from spatialdreamer.dvg.dis import dis_pair_flows
 
 __all__ = ["FILTER_STAGE", "encode_rgb_bytes", "prepare_clips"]
 
@@ -30,7 +30,7 @@ def encode_rgb_bytes(frames: np.ndarray, fps: float, crf: int) -> bytes:
     """``[T,H,W,3]`` uint8 → the bytes of the clip's ``rgb.mp4`` (H.264 RGB 4:4:4)."""
     with tempfile.TemporaryDirectory(prefix="spatialdreamer-rgb-") as tmp:
         path = os.path.join(tmp, "rgb.mp4")
-        encode_rgb(path, tensor(frames).permute(0, 3, 1, 2), fps, crf=crf)
+        encode_rgb_array(path, np.ascontiguousarray(frames), fps, crf=crf)
         with open(path, "rb") as handle:
             return handle.read()
 

@@ -24,13 +24,12 @@ import json
 import logging
 import os
 import re
+import sys
 import time
 import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TypeVar
-
-import torch
 
 from spatialdreamer.data import storage
 from spatialdreamer.data.ids import video_id
@@ -77,12 +76,16 @@ def is_transient(error: BaseException) -> bool:
     """Whether ``error`` may go away on a retry (GPU memory, storage throttling, network).
 
     Example:
+        >>> import torch
         >>> is_transient(torch.OutOfMemoryError("CUDA out of memory")), is_transient(ValueError("bad"))
         (True, False)
     """
     if isinstance(error, VideoError):
         return False
-    if isinstance(error, TransientError | torch.OutOfMemoryError | ConnectionError | TimeoutError):
+    if isinstance(error, TransientError | ConnectionError | TimeoutError):
+        return True
+    torch = sys.modules.get("torch")  # a torch error comes only from a process that loaded torch
+    if torch is not None and isinstance(error, torch.OutOfMemoryError):
         return True
     if isinstance(error, OSError) and error.errno in _TRANSIENT_ERRNOS:
         return True
@@ -100,7 +103,8 @@ def retry_transient(call: Callable[[], T], what: str, attempts: int = 3, delay: 
         except Exception as exc:
             if not is_transient(exc):
                 raise
-            if torch.cuda.is_available():
+            torch = sys.modules.get("torch")
+            if torch is not None and torch.cuda.is_available():
                 torch.cuda.empty_cache()
             if attempt == attempts:
                 raise TransientError(f"{what}: {one_line(exc)} (after {attempts} attempts)") from exc

@@ -7,11 +7,15 @@ describe the scene, not the depth budget drawn for the clip.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import cv2
 import imagehash
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["depth_scores", "flow_scores", "frame_scores", "quality_problem"]
 
@@ -61,8 +65,25 @@ def flow_scores(forward: torch.Tensor | np.ndarray, scale: float = 1.0) -> dict:
     - ``motion_score``: mean flow magnitude, pixels per frame at the clip's size;
     - ``camera_motion``: median flow magnitude (the dominant, usually camera, motion); a
       static shot has no motion parallax to learn temporal consistency from.
+
+    An array (DIS, the CPU prepare stage) is scored with numpy, a tensor (a learned flow, on
+    its device) with torch; both give the lower middle value as the median.
     """
-    flow = torch.as_tensor(np.asarray(forward) if isinstance(forward, np.ndarray) else forward).float()
+    if isinstance(forward, np.ndarray):
+        flow = forward.astype(np.float32, copy=False)
+        if flow.size == 0:
+            return {"motion_score": 0.0, "camera_motion": 0.0}
+        magnitude = np.hypot(flow[:, 0], flow[:, 1]).ravel() / np.float32(scale)
+        step = max(1, magnitude.size // 200_000)
+        sample = magnitude[::step]
+        middle = (sample.size - 1) // 2
+        return {
+            "motion_score": float(magnitude.mean(dtype=np.float64)),
+            "camera_motion": float(np.partition(sample, middle)[middle]),
+        }
+    import torch
+
+    flow = forward.float()
     if flow.numel() == 0:
         return {"motion_score": 0.0, "camera_motion": 0.0}
     magnitude = torch.hypot(flow[:, 0], flow[:, 1]).flatten() / scale  # (norm over dim 1 is slow)
@@ -81,6 +102,8 @@ def depth_scores(normalized: torch.Tensor) -> dict:
     - ``depth_edges``: share of pixels at a depth discontinuity (a horizontal step of more
       than 5 % of the shot's depth range): where a warp opens holes, whatever the budget.
     """
+    import torch
+
     flat = normalized.float().flatten()
     step = max(1, flat.numel() // 200_000)
     q = torch.quantile(flat[::step], torch.tensor([0.05, 0.5, 0.95], device=flat.device)).cpu()

@@ -18,12 +18,15 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import random
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
 
-from spatialdreamer.video.shots import CutDetector
+from spatialdreamer.video.shots import CutDetector, as_planes
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["SHOT_DETECTORS", "HistogramShots", "TransNetShots", "make_shot_detector", "resolve_shot_detector"]
 
@@ -56,7 +59,7 @@ class HistogramShots:
     def __init__(self, threshold: float, window: int):
         self.detector = CutDetector(threshold, window)
 
-    def push(self, frames: torch.Tensor) -> list[bool]:
+    def push(self, frames: torch.Tensor | np.ndarray) -> list[bool]:
         return self.detector(frames)
 
     def finish(self) -> list[bool]:
@@ -67,6 +70,8 @@ class HistogramShots:
 def _global_state_kept():
     """TransNetV2's constructor seeds every RNG and turns on deterministic algorithms for the
     whole process; the split worker's other work must not inherit that."""
+    import torch
+
     states = (torch.get_rng_state(), np.random.get_state(), random.getstate())
     deterministic = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
@@ -120,20 +125,21 @@ class TransNetShots:
             self.previous = inside
         return flags
 
-    @torch.inference_mode()
     def _run(self, count: int) -> list[bool]:
+        import torch
+
         window = torch.from_numpy(np.stack(self.thumbs[:_WINDOW]))[None]
-        single, _ = self.model.predict_raw(window)
+        with torch.inference_mode():
+            single, _ = self.model.predict_raw(window)
         probabilities = single[0, _CONTEXT : _CONTEXT + count, 0].float().numpy()
         del self.thumbs[:_STEP]
         self.pending -= count
         return self._flags(probabilities)
 
-    def push(self, frames: torch.Tensor) -> list[bool]:
-        if frames.ndim != 4 or frames.shape[1] != 3 or frames.dtype != torch.uint8:
-            raise ValueError(f"frames must be [T,3,H,W] uint8, got {tuple(frames.shape)} {frames.dtype}")
+    def push(self, frames: torch.Tensor | np.ndarray) -> list[bool]:
+        """``frames`` uint8 RGB, a ``[T,3,H,W]`` tensor or a ``[T,H,W,3]`` array."""
         flags: list[bool] = []
-        for frame in frames.permute(0, 2, 3, 1).cpu().numpy():
+        for frame in as_planes(frames).transpose(0, 2, 3, 1):
             thumb = self._thumb(np.ascontiguousarray(frame))
             if not self.thumbs:
                 self.thumbs = [thumb] * _CONTEXT

@@ -6,14 +6,14 @@ import json
 from collections import deque
 from collections.abc import Iterator
 
-import torch
+import numpy as np
 
 from spatialdreamer.corpus.config import CorpusConfig
 from spatialdreamer.corpus.records import TransientError, is_transient, one_line, record_failure
 from spatialdreamer.corpus.segments import finished_clips, segment_is_done, write_segment_record
 from spatialdreamer.corpus.shots import make_shot_detector
 from spatialdreamer.data.ids import clip_id
-from spatialdreamer.video import VideoError, probe_video, stream_frames
+from spatialdreamer.video import VideoError, probe_video, stream_arrays
 from spatialdreamer.video.clips import ClipSplitter, resize_and_crop
 
 __all__ = ["split_video"]
@@ -49,7 +49,7 @@ def split_video(row: dict, root: str, config: CorpusConfig) -> Iterator[dict]:
             raise VideoError(path, "is a still image, not a video")
         splitter = ClipSplitter(config.clip_length, config.stride, config.min_length, config.trim)
         shots = make_shot_detector(config)
-        waiting: deque[tuple[torch.Tensor, float]] = deque()  # frames whose cut flag is not settled
+        waiting: deque[tuple[np.ndarray, float]] = deque()  # frames whose cut flag is not settled
         first = 0  # index of the segment's first frame in the video
 
         def hand_on(clips):
@@ -59,7 +59,7 @@ def split_video(row: dict, root: str, config: CorpusConfig) -> Iterator[dict]:
                     yield _clip_row(row, info.fps, info.width, info.height, clip, first, segment)
 
         last_time = None
-        for chunk in stream_frames(path, config.decode_chunk, start=start, end=end, info=info):
+        for chunk in stream_arrays(path, config.decode_chunk, start=start, end=end, info=info):
             if frames_seen == 0 and start is not None:
                 first = round(float(chunk.timestamps[0]) * info.fps)
             frames = resize_and_crop(chunk.frames, config.width, config.height)
@@ -140,5 +140,5 @@ def _clip_row(
         "fps": fps,
         "source_width": source_width,
         "source_height": source_height,
-        "frames": clip.frames.permute(0, 2, 3, 1).contiguous().numpy(),  # [T,H,W,3] uint8
+        "frames": np.ascontiguousarray(clip.frames),  # [T,H,W,3] uint8
     }

@@ -11,11 +11,11 @@ import tempfile
 
 import numpy as np
 
-from spatialdreamer.corpus.batches import tensor, unpack_mask
+from spatialdreamer.corpus.batches import unpack_mask
 from spatialdreamer.corpus.config import CorpusConfig
 from spatialdreamer.corpus.records import now, record_failure, retry_transient, to_json
 from spatialdreamer.data import storage
-from spatialdreamer.data.shards import SHARD_FILES, encode_rgb, shard_dir
+from spatialdreamer.data.shards import SHARD_FILES, encode_rgb_array, shard_dir
 from spatialdreamer.video import write_lossless
 
 __all__ = ["SCORE_COLUMNS", "write_clip_files", "write_clip_stage"]
@@ -55,9 +55,8 @@ def write_clip_files(root: str, batch: dict, i: int) -> dict[str, str]:
         with open(local["rgb_path"], "wb") as handle:
             handle.write(bytes(batch["rgb_mp4"][i]))
         for column, key in (("right_path", "right"), ("back_path", "back")):
-            encode_rgb(
-                local[column], tensor(batch[key][i]).permute(0, 3, 1, 2), fps, crf=int(batch["crf"][i])
-            )
+            pixels = np.ascontiguousarray(batch[key][i], dtype=np.uint8)
+            encode_rgb_array(local[column], pixels, fps, crf=int(batch["crf"][i]))
         for column, key in (("right_mask_path", "right_holes_bits"), ("back_mask_path", "back_holes_bits")):
             write_lossless(local[column], unpack_mask(batch[key][i], width), fps)
         write_lossless(local["disparity_path"], np.asarray(batch["disparity_u16"][i], dtype=np.uint16), fps)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["DISPARITY_OFFSET", "DISPARITY_SCALE", "disparity_from_u16", "disparity_to_u16"]
 
@@ -13,7 +17,7 @@ DISPARITY_OFFSET = 32768  # zero disparity; range -512 .. +512 px
 
 def disparity_to_u16(disparity: torch.Tensor | np.ndarray) -> np.ndarray:
     """Pixels → uint16 codes (1/64 px, ±512 px). Values outside the range are clipped."""
-    d = disparity.detach().cpu().numpy() if isinstance(disparity, torch.Tensor) else np.asarray(disparity)
+    d = np.asarray(disparity) if isinstance(disparity, np.ndarray) else np.asarray(disparity.detach().cpu())
     codes = np.rint(d.astype(np.float64) * DISPARITY_SCALE) + DISPARITY_OFFSET
     return np.clip(codes, 0, 65535).astype(np.uint16)
 

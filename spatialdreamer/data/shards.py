@@ -21,20 +21,24 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
 import av
 import numpy as np
-import torch
 
 from spatialdreamer.data import storage
 from spatialdreamer.data.codecs import disparity_from_u16, disparity_to_u16
 from spatialdreamer.video import read_lossless, stream_frames, write_lossless
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "SHARD_FILES",
     "ClipArrays",
     "PackedClip",
     "encode_rgb",
+    "encode_rgb_array",
     "pack_clips",
     "read_clip",
     "shard_dir",
@@ -71,11 +75,19 @@ def shard_dir(video_id: str, clip_id: str) -> str:
 
 def encode_rgb(path: str, frames: torch.Tensor, fps: float, crf: int = 17) -> None:
     """Encode ``[T,3,H,W]`` float [0, 1] or uint8 frames as H.264 RGB 4:4:4 at ``path``."""
+    import torch
+
     if frames.ndim != 4 or frames.shape[1] != 3:
         raise ValueError(f"frames must be [T,3,H,W], got {tuple(frames.shape)}")
     if frames.dtype != torch.uint8:
         frames = (frames.float().clamp(0, 1) * 255 + 0.5).to(torch.uint8)
-    pixels = frames.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+    encode_rgb_array(path, frames.permute(0, 2, 3, 1).contiguous().cpu().numpy(), fps, crf)
+
+
+def encode_rgb_array(path: str, pixels: np.ndarray, fps: float, crf: int = 17) -> None:
+    """:func:`encode_rgb` of ``[T,H,W,3]`` uint8 frames (channel last), without torch."""
+    if pixels.ndim != 4 or pixels.shape[3] != 3 or pixels.dtype != np.uint8:
+        raise ValueError(f"pixels must be [T,H,W,3] uint8, got {pixels.shape} {pixels.dtype}")
     with av.open(path, mode="w") as container:
         stream = container.add_stream("libx264rgb", rate=Fraction(fps).limit_denominator(1001 * 1000))
         stream.width, stream.height, stream.pix_fmt = pixels.shape[2], pixels.shape[1], "rgb24"
@@ -145,6 +157,8 @@ def pack_clips(tar_path: str, clips: dict[str, dict[str, str]]) -> dict[str, Pac
 
 
 def _decode_rgb(data: bytes, height: int, width: int) -> torch.Tensor:
+    import torch
+
     with av.open(io.BytesIO(data)) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(container.streams.video[0])]
     if not frames:
@@ -191,6 +205,8 @@ def _is_packed(row: dict) -> bool:
 def read_clip(root: str, row: dict) -> ClipArrays:
     """Load a clip from its manifest row: from its pack (one ranged read) when ``shard`` is set,
     else from its loose files (written by :func:`write_clip`)."""
+    import torch
+
     height, width = int(row["height"]), int(row["width"])
     if _is_packed(row):
         members = _packed_members(root, row)

@@ -3,10 +3,11 @@
 from spatialdreamer.video.decode import DecodeStats
 from spatialdreamer.video.errors import VideoError
 from spatialdreamer.video.probe import VideoInfo, probe_video
-from spatialdreamer.video.reader import FrameChunk, read_frames, stream_frames
+from spatialdreamer.video.reader import ArrayChunk, FrameChunk, read_frames, stream_arrays, stream_frames
 from spatialdreamer.video.writer import VideoWriter, read_lossless, write_lossless
 
 __all__ = [
+    "ArrayChunk",
     "DecodeStats",
     "FrameChunk",
     "VideoError",
@@ -15,6 +16,7 @@ __all__ = [
     "probe_video",
     "read_frames",
     "read_lossless",
+    "stream_arrays",
     "stream_frames",
     "write_lossless",
 ]

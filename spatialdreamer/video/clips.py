@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["Clip", "ClipSplitter", "clip_ranges", "resize_and_crop"]
 
@@ -53,21 +56,28 @@ def clip_ranges(
     return ranges
 
 
-def resize_and_crop(frames: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """Scale ``[T,3,H,W]`` uint8 frames to cover ``width x height`` and centre-crop to it."""
-    if frames.ndim != 4 or frames.shape[1] != 3:
-        raise ValueError(f"frames must be [T,3,H,W], got {tuple(frames.shape)}")
-    _, _, h, w = frames.shape
+def resize_and_crop(frames: torch.Tensor | np.ndarray, width: int, height: int) -> torch.Tensor | np.ndarray:
+    """Scale uint8 frames to cover ``width x height`` and centre-crop to it: a tensor
+    ``[T,3,H,W]`` gives a tensor, an array ``[T,H,W,3]`` (channel last, as decoded) an array."""
+    array = isinstance(frames, np.ndarray)
+    if frames.ndim != 4 or frames.shape[3 if array else 1] != 3:
+        layout = "[T,H,W,3] array" if array else "[T,3,H,W] tensor"
+        raise ValueError(f"frames must be a {layout}, got {tuple(frames.shape)}")
+    h, w = frames.shape[1:3] if array else frames.shape[2:]
     if (h, w) == (height, width):
         return frames
     scale = max(width / w, height / h)
     new_w, new_h = max(width, round(w * scale)), max(height, round(h * scale))
     interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     out = []
-    for frame in frames.permute(0, 2, 3, 1).cpu().numpy():
+    for frame in frames if array else frames.permute(0, 2, 3, 1).cpu().numpy():
         resized = cv2.resize(frame, (new_w, new_h), interpolation=interpolation)
         y0, x0 = (new_h - height) // 2, (new_w - width) // 2
         out.append(resized[y0 : y0 + height, x0 : x0 + width])
+    if array:
+        return np.stack(out)
+    import torch
+
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
 
 
@@ -75,13 +85,13 @@ def resize_and_crop(frames: torch.Tensor, width: int, height: int) -> torch.Tens
 class Clip:
     """A clip cut from a frame stream: frames ``[start, stop)`` of shot ``shot``.
 
-    ``frames`` ``[T,3,H,W]`` as pushed; ``start_time``/``end_time`` are the timestamps of the
-    first and last frame (seconds)."""
+    ``frames`` stacked as pushed (``[T,3,H,W]`` tensors or ``[T,H,W,3]`` arrays);
+    ``start_time``/``end_time`` are the timestamps of the first and last frame (seconds)."""
 
     shot: int
     start: int
     stop: int
-    frames: torch.Tensor
+    frames: torch.Tensor | np.ndarray
     start_time: float
     end_time: float
 
@@ -99,13 +109,13 @@ class ClipSplitter:
     def __init__(self, clip_length: int, stride: int, min_length: int, trim: int = 0):
         clip_ranges([], 0, clip_length, stride, min_length, trim)  # validates the arguments
         self.clip_length, self.stride, self.min_length, self.trim = clip_length, stride, min_length, trim
-        self.buffer: list[tuple[int, torch.Tensor, float]] = []  # (index, frame, timestamp)
+        self.buffer: list[tuple[int, torch.Tensor | np.ndarray, float]] = []  # (index, frame, timestamp)
         self.index = -1  # index of the last frame pushed
         self.shot = -1
         self.next_start = 0  # start of the next window in this shot
         self.covered = 0  # end of the last clip emitted in this shot
 
-    def push(self, frame: torch.Tensor, timestamp: float, cut: bool) -> list[Clip]:
+    def push(self, frame: torch.Tensor | np.ndarray, timestamp: float, cut: bool) -> list[Clip]:
         self.index += 1
         ready = []
         if cut or self.shot < 0:
@@ -146,4 +156,11 @@ class ClipSplitter:
     def _make(self, start: int, stop: int) -> Clip:
         items = [b for b in self.buffer if start <= b[0] < stop]
         self.covered = stop
-        return Clip(self.shot, start, stop, torch.stack([b[1] for b in items]), items[0][2], items[-1][2])
+        frames = [b[1] for b in items]
+        if isinstance(frames[0], np.ndarray):
+            stacked = np.stack(frames)
+        else:
+            import torch
+
+            stacked = torch.stack(frames)
+        return Clip(self.shot, start, stop, stacked, items[0][2], items[-1][2])

@@ -13,10 +13,10 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import av
 import numpy as np
-import torch
 from av.stream import Discard
 from av.video.reformatter import Interpolation
 
@@ -25,7 +25,10 @@ from spatialdreamer.video.decode import DecodeStats, decode_tolerant
 from spatialdreamer.video.errors import VideoError
 from spatialdreamer.video.probe import VideoInfo, open_source, probe_video
 
-__all__ = ["DecodeStats", "FrameChunk", "read_frames", "stream_frames"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["ArrayChunk", "DecodeStats", "FrameChunk", "read_frames", "stream_arrays", "stream_frames"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,26 @@ class FrameChunk:
         return int(self.frames.shape[0])
 
 
+@dataclass
+class ArrayChunk:
+    """:class:`FrameChunk`'s frames as decoded, without torch: ``frames`` ``[T,H,W,3]`` (channel
+    last), ``timestamps`` ``[T]`` float64; the corpus's CPU stages work on these."""
+
+    frames: np.ndarray
+    timestamps: np.ndarray
+    start_index: int
+    dropped: int = 0
+
+    def __len__(self) -> int:
+        return int(self.frames.shape[0])
+
+    def to_frame_chunk(self) -> FrameChunk:
+        import torch
+
+        frames = torch.from_numpy(self.frames).permute(0, 3, 1, 2).contiguous()
+        return FrameChunk(frames, torch.from_numpy(self.timestamps), self.start_index, self.dropped)
+
+
 def _upright(array: np.ndarray, rotation: int) -> np.ndarray:
     """Apply the display rotation (counter-clockwise degrees) to ``[..., H, W, 3]`` pixels."""
     k = (rotation // 90) % 4
@@ -65,6 +88,8 @@ def _fit(batch: np.ndarray, info: VideoInfo) -> np.ndarray:
     (decord ignores the sample aspect ratio)."""
     if batch.shape[1:3] == (info.height, info.width):
         return batch
+    import torch
+
     tensor = torch.from_numpy(batch).permute(0, 3, 1, 2).float()
     tensor = torch.nn.functional.interpolate(tensor, size=(info.height, info.width), mode="bilinear")
     return tensor.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
@@ -79,9 +104,8 @@ def _decord_upright(batch: np.ndarray, info: VideoInfo) -> np.ndarray:
 
 def _to_chunk(
     arrays: list[np.ndarray], stamps: list[float], start_index: int, dropped: int = 0
-) -> FrameChunk:
-    frames = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    return FrameChunk(frames, torch.tensor(stamps, dtype=torch.float64), start_index, dropped)
+) -> ArrayChunk:
+    return ArrayChunk(np.stack(arrays), np.asarray(stamps, dtype=np.float64), start_index, dropped)
 
 
 def stream_frames(
@@ -95,12 +119,31 @@ def stream_frames(
     stats: DecodeStats | None = None,
     high_bit_depth: bool = False,
 ) -> Iterator[FrameChunk]:
-    """Decode ``[start, end)`` seconds of a video in chunks of ``chunk_size`` frames.
+    """:func:`stream_arrays` as tensors: ``frames`` ``[T,3,H,W]``, ``timestamps`` ``[T]``."""
+    for chunk in stream_arrays(
+        path, chunk_size, start, end, info, backend, check_complete, stats, high_bit_depth
+    ):
+        yield chunk.to_frame_chunk()
+
+
+def stream_arrays(
+    path: str | os.PathLike,
+    chunk_size: int = 16,
+    start: float | None = None,
+    end: float | None = None,
+    info: VideoInfo | None = None,
+    backend: str = "auto",
+    check_complete: bool = True,
+    stats: DecodeStats | None = None,
+    high_bit_depth: bool = False,
+) -> Iterator[ArrayChunk]:
+    """Decode ``[start, end)`` seconds of a video in chunks of ``chunk_size`` frames
+    (``[T,H,W,3]`` arrays; :func:`stream_frames` gives them as tensors).
 
     Frames come from the main video stream (``info.stream_index``), at the probed display size:
     anamorphic pictures are stretched to square pixels, and frames after a mid-stream
     resolution change are scaled to the first frame's size. Undecodable packets (corrupt
-    data, a recording joined mid-GOP) are skipped and counted in ``FrameChunk.dropped`` and
+    data, a recording joined mid-GOP) are skipped and counted in ``ArrayChunk.dropped`` and
     ``stats.dropped``.
 
     Args:
@@ -143,7 +186,7 @@ def _one_line(exc: Exception) -> str:
 _SEEK_BACKOFF = (0.0, 1.0, 5.0, 30.0, None)
 
 
-def _stream_pyav(path, chunk_size, start, end, info, check_complete, stats, deep) -> Iterator[FrameChunk]:
+def _stream_pyav(path, chunk_size, start, end, info, check_complete, stats, deep) -> Iterator[ArrayChunk]:
     for back in _SEEK_BACKOFF if start else (None,):
         stats.reset()
         state = _Decode(path, chunk_size, start, end, info, stats, seek_back=back, deep=deep)
@@ -218,7 +261,7 @@ class _Decode:
             )
         return _upright(array, self.info.rotation)
 
-    def run(self) -> Iterator[FrameChunk]:
+    def run(self) -> Iterator[ArrayChunk]:
         info, stats, start, end = self.info, self.stats, self.start, self.end
         tolerance = 0.5 / info.fps
         t0 = info.start_time
@@ -288,12 +331,12 @@ def _decord_reader(path: str):
         yield reader
 
 
-def _stream_decord(path, chunk_size, start, end, info) -> Iterator[FrameChunk]:
+def _stream_decord(path, chunk_size, start, end, info) -> Iterator[ArrayChunk]:
     with _decord_reader(path) as reader:
         yield from _decord_chunks(reader, path, chunk_size, start, end, info)
 
 
-def _decord_chunks(reader, path, chunk_size, start, end, info) -> Iterator[FrameChunk]:
+def _decord_chunks(reader, path, chunk_size, start, end, info) -> Iterator[ArrayChunk]:
     n = len(reader)
     first = round(start * info.fps) if start else 0
     last = min(n, round(end * info.fps)) if end else n
@@ -314,6 +357,8 @@ def read_frames(
     ``backend="decord"`` is faster on long seeks but converts YUV -> RGB with FFmpeg's default
     rounding and BT.601, a few levels off :func:`stream_frames`' pixels; "auto" and "pyav"
     give exactly those."""
+    import torch
+
     path = os.fspath(path)
     info = info or probe_video(path)
     indices = [int(i) for i in indices]
@@ -332,10 +377,10 @@ def read_frames(
     wanted = sorted(set(indices))
     found: dict[int, np.ndarray] = {}
     position = 0
-    for chunk in stream_frames(path, chunk_size=32, info=info, backend="pyav", check_complete=False):
+    for chunk in stream_arrays(path, chunk_size=32, info=info, backend="pyav", check_complete=False):
         for j in range(len(chunk)):
             if position + j in wanted:
-                found[position + j] = chunk.frames[j].permute(1, 2, 0).numpy()
+                found[position + j] = chunk.frames[j]
         position += len(chunk)
         if position > wanted[-1]:
             break

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 from collections import deque
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
 
-__all__ = ["CutDetector"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["CutDetector", "as_planes"]
 
 _THUMBNAIL = (96, 54)  # width, height: the size histograms are taken at
 
 
-def _thumbnails(frames: torch.Tensor) -> list[np.ndarray]:
-    """``[h,w,3]`` uint8 area-averaged thumbnails of ``[T,3,H,W]`` uint8 frames.
+def _thumbnails(frames: np.ndarray) -> list[np.ndarray]:
+    """``[h,w,3]`` uint8 area-averaged thumbnails of ``[T,3,H,W]`` uint8 frames (planes).
 
     Two area steps: each channel plane by a whole factor k (OpenCV's fast path; the frame is
     cropped by < k pixels to a multiple of k), then the small frame to the thumbnail. Every
@@ -23,13 +26,23 @@ def _thumbnails(frames: torch.Tensor) -> list[np.ndarray]:
     """
     _, _, h, w = frames.shape
     k = max(1, min(h // (2 * _THUMBNAIL[1]), w // (2 * _THUMBNAIL[0])))
-    pixels = frames[:, :, : h - h % k, : w - w % k].cpu().numpy()
+    pixels = frames[:, :, : h - h % k, : w - w % k]
     size = (w // k, h // k)
     thumbnails = []
     for frame in pixels:
         small = [cv2.resize(np.ascontiguousarray(p), size, interpolation=cv2.INTER_AREA) for p in frame]
         thumbnails.append(cv2.resize(cv2.merge(small), _THUMBNAIL, interpolation=cv2.INTER_AREA))
     return thumbnails
+
+
+def as_planes(frames: torch.Tensor | np.ndarray) -> np.ndarray:
+    """``[T,3,H,W]`` uint8 pixels of a tensor, or a view of a ``[T,H,W,3]`` array as planes."""
+    array = isinstance(frames, np.ndarray)
+    layout_ok = frames.ndim == 4 and frames.shape[3 if array else 1] == 3
+    if not layout_ok or str(frames.dtype).removeprefix("torch.") != "uint8":
+        layout = "[T,H,W,3] array" if array else "[T,3,H,W] tensor"
+        raise ValueError(f"frames must be a {layout} of uint8, got {tuple(frames.shape)} {frames.dtype}")
+    return frames.transpose(0, 3, 1, 2) if array else frames.cpu().numpy()
 
 
 class CutDetector:
@@ -77,12 +90,12 @@ class CutDetector:
     def _distance(self, a: np.ndarray, b: np.ndarray) -> float:
         return float(cv2.compareHist(a, b, cv2.HISTCMP_BHATTACHARYYA))
 
-    def __call__(self, frames: torch.Tensor) -> list[bool]:
-        """``frames`` ``[T,3,H,W]`` uint8 RGB; returns one flag per frame (True = new shot)."""
-        if frames.ndim != 4 or frames.shape[1] != 3 or frames.dtype != torch.uint8:
-            raise ValueError(f"frames must be [T,3,H,W] uint8, got {tuple(frames.shape)} {frames.dtype}")
+    def __call__(self, frames: torch.Tensor | np.ndarray) -> list[bool]:
+        """``frames`` uint8 RGB, a ``[T,3,H,W]`` tensor or a ``[T,H,W,3]`` array (channel last, as
+        decoded); returns one flag per frame (True = new shot)."""
+        planes = as_planes(frames)
         flags = []
-        for thumbnail in _thumbnails(frames):
+        for thumbnail in _thumbnails(planes):
             hist = self._histogram(thumbnail)
             if not self._history or self._distance(self._history[-1], hist) > self.threshold:
                 cut = True

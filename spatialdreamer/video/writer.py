@@ -16,26 +16,29 @@ import logging
 import os
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import av
 import numpy as np
-import torch
 from av.video.reformatter import Interpolation
 
 from spatialdreamer.video.colour import Colour, standard_colour, sws_colorspace, sws_range
 from spatialdreamer.video.errors import VideoError
 from spatialdreamer.video.streams import main_video_stream
 
+if TYPE_CHECKING:
+    import torch
+
 __all__ = [
     "CONTAINER_CODECS",
     "finish_with_audio",
     "leftover_temporaries",
-    "PEAK",
     "VideoWriter",
     "check_output",
     "default_codec",
     "fit_file_name",
     "format_bits",
+    "peak_value",
     "quantize",
     "read_lossless",
     "sibling_path",
@@ -130,8 +133,13 @@ def _temp_path(path: Path) -> Path:
     return sibling_path(path, "partial")
 
 
-# the value of white in integer RGB frames: 8-bit, or 16-bit for sources of more than 8 bits
-PEAK = {torch.uint8: 255.0, torch.uint16: 65535.0}
+_PEAKS = {"uint8": 255.0, "uint16": 65535.0}
+
+
+def peak_value(dtype) -> float | None:
+    """The value of white in integer RGB frames of ``dtype`` (torch or numpy): 255 for 8 bits,
+    65535 for 16 (sources of more than 8 bits); None for float frames (in [0, 1])."""
+    return _PEAKS.get(str(dtype).removeprefix("torch."))
 
 
 def format_bits(pix_fmt: str) -> int:
@@ -140,8 +148,8 @@ def format_bits(pix_fmt: str) -> int:
 
 
 def quantize(frames: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Float frames in [0, 1] to ``dtype`` (a key of :data:`PEAK`), rounded to nearest."""
-    return frames.detach().float().clamp(0.0, 1.0).mul_(PEAK[dtype]).add_(0.5).to(dtype)
+    """Float frames in [0, 1] to the integer ``dtype`` (uint8 or uint16), rounded to nearest."""
+    return frames.detach().float().clamp(0.0, 1.0).mul_(peak_value(dtype)).add_(0.5).to(dtype)
 
 
 def _rgb_pixels(frames: torch.Tensor, deep: bool) -> np.ndarray:
@@ -149,7 +157,9 @@ def _rgb_pixels(frames: torch.Tensor, deep: bool) -> np.ndarray:
     frames as they are, float frames when the pixel format has more than 8 bits (``deep``)."""
     if frames.ndim != 4 or frames.shape[1] != 3:
         raise ValueError(f"frames must be [T,3,H,W] RGB, got {tuple(frames.shape)}")
-    if frames.dtype not in PEAK:
+    if peak_value(frames.dtype) is None:
+        import torch
+
         frames = quantize(frames, torch.uint16 if deep else torch.uint8)
     return frames.permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
@@ -464,7 +474,7 @@ def write_lossless(path: str | os.PathLike, frames: np.ndarray | torch.Tensor, f
     ``frames`` ``[T,H,W]``: bool (masks, stored as 0/255 gray), uint8 (gray) or uint16
     (gray16le, e.g. disparity in 1/64 px). Read back with :func:`read_lossless`.
     """
-    array = frames.cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
+    array = np.asarray(frames) if isinstance(frames, np.ndarray) else np.asarray(frames.cpu())
     if array.ndim != 3:
         raise ValueError(f"frames must be [T,H,W], got shape {array.shape}")
     if array.dtype == np.bool_:
