@@ -1,5 +1,5 @@
 """The corpus's CPU stages (plan, split, prepare, write, pack) run without torch: their Ray
-workers skip its import (~2 CPU-s and ~300 MB each); and their numpy paths give what the
+workers skip its import (~2 CPU-s and ~200 MB each); and their numpy paths give what the
 tensor paths give."""
 
 from __future__ import annotations
